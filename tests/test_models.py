@@ -1,0 +1,60 @@
+"""Model shapes, layer groups, and the article's CNN with its padding fix."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mnist_lab.models import CNN, MLP, LeNet5
+
+
+@pytest.mark.parametrize("model_class", [CNN, MLP, LeNet5])
+@pytest.mark.parametrize("num_classes", [10, 26])
+def test_forward_shape_and_groups(model_class, num_classes):
+    model = model_class(num_classes=num_classes)
+    assert model(torch.randn(5, 1, 28, 28)).shape == (5, num_classes)
+    assert model.group_names[-1] == "head"
+    # Every parameter belongs to exactly one named group.
+    grouped = [id(p) for name in model.group_names for p in getattr(model, name).parameters()]
+    assert sorted(grouped) == sorted(id(p) for p in model.parameters())
+
+
+def test_cnn_is_the_articles_network():
+    model = CNN()
+    conv1, conv2 = model.conv1[0], model.conv2[0]
+    assert (conv1.in_channels, conv1.out_channels, conv1.kernel_size, conv1.padding) == (1, 32, (5, 5), (2, 2))
+    assert (conv2.in_channels, conv2.out_channels, conv2.kernel_size, conv2.padding) == (32, 64, (3, 3), (1, 1))
+    assert model.fc1[1].in_features == 64 * 7 * 7 and model.fc1[1].out_features == 128
+    assert model.head.in_features == 128 and model.head.out_features == 10
+    assert sum(p.numel() for p in model.parameters()) == 422_154
+
+
+def test_pool_before_relu_matches_the_articles_order():
+    """The article applies ReLU then max-pool; we pool first. Outputs and gradients agree."""
+    torch.manual_seed(0)
+    model = CNN()
+    x = torch.randn(8, 1, 28, 28)
+
+    def article_forward(m: CNN, x: torch.Tensor) -> torch.Tensor:
+        x = F.max_pool2d(F.relu(m.conv1[0](x)), 2)
+        x = F.max_pool2d(F.relu(m.conv2[0](x)), 2)
+        x = F.relu(m.fc1[1](x.view(-1, 64 * 7 * 7)))
+        return m.head(x)
+
+    ours = model(x)
+    ours.sum().backward()
+    ours_grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    theirs = article_forward(model, x)
+    theirs.sum().backward()
+    assert torch.equal(ours, theirs)
+    for a, p in zip(ours_grads, model.parameters()):
+        assert torch.equal(a, p.grad)
+
+
+def test_cnn_options():
+    model = CNN(conv1_channels=8, conv2_channels=16, hidden=32, dropout=0.5, batch_norm=True)
+    assert any(isinstance(m, nn.BatchNorm2d) for m in model.conv1)
+    assert model(torch.randn(3, 1, 28, 28)).shape == (3, 10)
