@@ -1,0 +1,148 @@
+"""`python -m mnist_lab.report <multirun dir>`: one table of a sweep's jobs, best first.
+
+Each job directory holds `.hydra/overrides.yaml` and either `metrics.json` (finished),
+`error.txt` (failed: message, then traceback) or neither (still running, or killed). The
+table shows the overrides that differ between jobs against the final metrics; it is
+printed and written as `report.md` and `report.csv` into the multirun directory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from omegaconf import OmegaConf
+
+from mnist_lab.errors import UserError
+from mnist_lab.utils import write_atomic
+
+METRICS = ("test/acc", "val/acc_best", "test/loss", "epochs", "train_seconds")
+# Added by the Optuna sweeper to every trial (its trial number differs): not a hyper-parameter.
+HIDDEN_OVERRIDES = ("+callbacks.optuna_pruning",)
+
+
+class ReportError(UserError):
+    """A directory that holds no sweep jobs."""
+
+
+def read_job(job_dir: Path) -> dict[str, Any]:
+    """One job's overrides, status, metrics and error message."""
+    overrides = OmegaConf.to_container(OmegaConf.load(job_dir / ".hydra" / "overrides.yaml")) or []
+    row: dict[str, Any] = {"job": str(job_dir), "overrides": {}}
+    for item in overrides:
+        key, _, value = str(item).partition("=")
+        if not key.startswith(HIDDEN_OVERRIDES):
+            row["overrides"][key] = value
+    if (job_dir / "metrics.json").exists():
+        metrics = json.loads((job_dir / "metrics.json").read_text())
+        row.update({k: metrics.get(k) for k in METRICS})
+        pruned = job_dir / "pruned.json"
+        row["status"] = "pruned" if pruned.exists() else "ok"
+        if pruned.exists():
+            row["error"] = json.loads(pruned.read_text()).get("reason", "pruned")
+    elif (job_dir / "error.txt").exists():
+        row["status"] = "failed"
+        # The message is everything before the traceback, on one line.
+        message = (job_dir / "error.txt").read_text().split("\n\nTraceback")[0]
+        row["error"] = " ".join(message.split())
+    else:
+        row["status"] = "incomplete"
+    return row
+
+
+def collect(sweep_dir: Path, sort_by: str = "test/acc") -> tuple[list[str], list[dict[str, Any]]]:
+    """The varying override keys and one row per job, best `sort_by` first, failures last."""
+    job_dirs = sorted(p.parent.parent for p in sweep_dir.glob("**/.hydra/overrides.yaml"))
+    if not job_dirs:
+        raise ReportError(
+            f"{sweep_dir} holds no sweep jobs (no */.hydra/overrides.yaml below it). Pass the directory a "
+            "multirun wrote, e.g. multirun/<date>/<time>, the one that holds the numbered job directories."
+        )
+    rows = [read_job(d) for d in job_dirs]
+    keys = sorted({k for r in rows for k in r["overrides"]})
+    varying = [k for k in keys if len({r["overrides"].get(k) for r in rows}) > 1]
+    order = {"ok": 0, "pruned": 1, "failed": 2, "incomplete": 3}
+
+    def rank(r: dict[str, Any]) -> tuple:
+        value = r.get(sort_by)
+        return order[r["status"]], value is None, -(value or 0.0)
+
+    return varying, sorted(rows, key=rank)
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.4f}" if abs(value) < 10 else f"{value:.1f}"
+    return str(value)
+
+
+def table(
+    varying: list[str], rows: list[dict[str, Any]], sweep_dir: Path, fmt=_cell
+) -> tuple[list[str], list[list[str]]]:
+    """Header and cells: job (relative), varying overrides, status, metrics (through fmt), error."""
+    header = ["job", *varying, "status", *METRICS, "error"]
+    cells = []
+    for r in rows:
+        job = str(Path(r["job"]).relative_to(sweep_dir)) if Path(r["job"]) != sweep_dir else "."
+        cells.append(
+            [job, *(r["overrides"].get(k, "") for k in varying), r["status"]]
+            + [fmt(r.get(m)) for m in METRICS]
+            + [r.get("error", "")]
+        )
+    return header, cells
+
+
+def markdown(header: list[str], cells: list[list[str]], title: str) -> str:
+    def line(items: list[str]) -> str:
+        return "| " + " | ".join(str(i).replace("|", "\\|") for i in items) + " |"
+
+    lines = [f"# {title}", "", line(header), line(["---"] * len(header)), *map(line, cells)]
+    return "\n".join(lines) + "\n"
+
+
+def report(sweep_dir: str | Path, sort_by: str = "test/acc") -> str:
+    """Write report.md and report.csv into `sweep_dir`; return the Markdown table.
+
+    Args:
+        sweep_dir: the multirun directory (the one holding the numbered job directories).
+        sort_by: the metric that orders finished jobs, highest first.
+    """
+    sweep_dir = Path(sweep_dir).resolve()
+    if not sweep_dir.is_dir():
+        raise ReportError(f"{sweep_dir} is not a directory: pass the multirun directory of a sweep.")
+    varying, rows = collect(sweep_dir, sort_by)
+    header, cells = table(varying, rows, sweep_dir)
+    counts = {s: sum(r["status"] == s for r in rows) for s in ("ok", "pruned", "failed", "incomplete")}
+    summary = ", ".join(f"{n} {s}" for s, n in counts.items() if n)
+    text = markdown(header, cells, f"Sweep {sweep_dir} ({len(rows)} jobs: {summary}; sorted by {sort_by})")
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows(table(varying, rows, sweep_dir, fmt=lambda v: "" if v is None else v)[1])  # full precision
+    write_atomic(sweep_dir / "report.md", text)
+    write_atomic(sweep_dir / "report.csv", buffer.getvalue())
+    return text
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m mnist_lab.report", description=__doc__.splitlines()[0])
+    parser.add_argument("sweep_dir", help="a multirun directory, e.g. multirun/2026-01-31/12-00-00.000000")
+    parser.add_argument("--sort", default="test/acc", choices=[m for m in METRICS if m != "epochs"])
+    args = parser.parse_args(argv)
+    try:
+        print(report(args.sweep_dir, args.sort), end="")
+    except UserError as e:
+        print(f"Error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
