@@ -218,22 +218,53 @@ class TensorBatches:
     Shuffling uses a generator seeded with (seed, epoch), so the order of every epoch is a
     function of the config alone. The iterator is stateful (Lightning saves its state in
     checkpoints), so a run resumed mid-epoch sees the remaining batches of the same order.
+
+    Under DDP each rank takes every world_size-th sample of that order (Lightning adds no
+    sampler to a non-DataLoader). Evaluation shards are not padded, so every sample counts
+    exactly once in the synchronised metrics; training shards are padded by wrapping around
+    (as DistributedSampler does), so every rank runs the same number of steps.
+
+    Args:
+        x, y: images (N, C, H, W) and labels (N,).
+        batch_size: samples per batch (per rank).
+        shuffle: a new order every epoch (training) or the stored order (evaluation).
+        seed: seeds the shuffling.
+        rank, world_size: this process's shard of the samples (0, 1 without DDP).
     """
 
-    def __init__(self, x: torch.Tensor, y: torch.Tensor, batch_size: int, shuffle: bool, seed: int = 0) -> None:
+    def __init__(
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        batch_size: int,
+        shuffle: bool,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
         self.x, self.y = x, y
         self.batch_size, self.shuffle, self.seed = batch_size, shuffle, seed
+        self.rank, self.world_size = rank, world_size
         self.epoch = 0  # epoch of the next pass
         self._skip = 0  # batches already consumed of that pass (set by load_state_dict)
         self._served = 0
 
+    def _shard_size(self) -> int:
+        n, w = len(self.y), self.world_size
+        return math.ceil(n / w) if self.shuffle else len(range(self.rank, n, w))
+
     def __len__(self) -> int:
-        return math.ceil(len(self.y) / self.batch_size)
+        return math.ceil(self._shard_size() / self.batch_size)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         n = len(self.y)
         if self.shuffle:
             order = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed * 100_003 + self.epoch))
+            if self.world_size > 1:  # pad by wrapping around, then every world_size-th sample
+                order = order.repeat(math.ceil(self.world_size * self._shard_size() / n))
+                order = order[: self.world_size * self._shard_size()][self.rank :: self.world_size]
+        elif self.world_size > 1:
+            order = torch.arange(self.rank, n, self.world_size)
         else:
             order = None
         start, self._served = self._skip, self._skip
@@ -329,17 +360,23 @@ class DigitsDataModule(pl.LightningDataModule):
             )
         self.splits = raw
 
+    def _shard(self) -> dict[str, int]:
+        """This process's place among the DDP ranks ({} without a trainer)."""
+        return {"rank": self.trainer.global_rank, "world_size": self.trainer.world_size} if self.trainer else {}
+
     def train_dataloader(self) -> TensorBatches:
         if self._train_batches is None:  # one object for the whole run: it carries the epoch
             s = self.splits
-            self._train_batches = TensorBatches(s.train_x, s.train_y, self.batch_size, True, self.split_seed)
+            self._train_batches = TensorBatches(
+                s.train_x, s.train_y, self.batch_size, True, self.split_seed, **self._shard()
+            )
         return self._train_batches
 
     def val_dataloader(self) -> TensorBatches:
-        return TensorBatches(self.splits.val_x, self.splits.val_y, self.eval_batch_size, False)
+        return TensorBatches(self.splits.val_x, self.splits.val_y, self.eval_batch_size, False, **self._shard())
 
     def test_dataloader(self) -> TensorBatches:
-        return TensorBatches(self.splits.test_x, self.splits.test_y, self.eval_batch_size, False)
+        return TensorBatches(self.splits.test_x, self.splits.test_y, self.eval_batch_size, False, **self._shard())
 
     def normalize(self, x: torch.Tensor, augment: bool = False) -> torch.Tensor:
         """uint8 (B, C, H, W) -> normalised float, as ToTensor() then Normalize(mean, std)."""
