@@ -72,7 +72,9 @@ def job_command(local_rank: int) -> tuple[list[str], str]:
         "-m",
         "mnist_lab",
         *hc.overrides.task,
-        f'hydra.run.dir="{hc.runtime.output_dir}"',
+        # "++": rank 0 made this directory already; `python -m mnist_lab` refuses a plain
+        # hydra.run.dir= that holds a run (mnist_lab/resume.py), which is right for users only.
+        f'++hydra.run.dir="{hc.runtime.output_dir}"',
         "hydra.output_subdir=null",  # rank 0 already wrote .hydra/
         f"hydra.job.name=ddp_rank{local_rank}",
     ]

@@ -1,0 +1,121 @@
+"""Sweeps end to end: failures recorded, reports, TensorBoard HParams, launchers, Optuna resume."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import optuna
+from optuna.trial import TrialState
+from tensorboard.backend.event_processing.event_multiplexer import EventMultiplexer
+
+from mnist_lab.report import report
+from tests.conftest import TINY
+
+# Two test batches of 500 and 500 validation images: each job of a sweep takes seconds.
+SMALL = [o for o in TINY if not o.startswith("trainer.limit_test_batches")] + ["trainer.limit_test_batches=1"]
+
+
+def run_cli(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "mnist_lab", *args], capture_output=True, text=True, timeout=timeout)
+
+
+def test_parallel_sweep_records_a_failing_job_and_reports_every_job(tmp_path):
+    sweep = tmp_path / "sweep"
+    result = run_cli("-m", *SMALL, "hydra/launcher=joblib", "data.batch_size=64,128,-4", f"hydra.sweep.dir={sweep}")
+    assert result.returncode == 1, result.stderr[-3000:]  # something failed, and the exit status says so
+    assert "data.batch_size=-4" in result.stderr
+    # The failing job left its message; the others ran to the end in their own directories.
+    assert "data.batch_size=-4" in (sweep / "2" / "error.txt").read_text().split("\n\n")[0]
+    finished = {n: json.loads((sweep / n / "metrics.json").read_text()) for n in ("0", "1")}
+    assert all(m["test/acc"] > 0.3 for m in finished.values())
+    assert not (sweep / "2" / "metrics.json").exists()
+
+    text = report(sweep)
+    assert (sweep / "report.md").read_text() == text
+    lines = (sweep / "report.csv").read_text().splitlines()
+    assert lines[0].startswith("job,data.batch_size,status,test/acc")
+    rows = [line.split(",") for line in lines[1:]]
+    assert [(r[0], r[2]) for r in rows][-1] == ("2", "failed") and "data.batch_size=-4" in lines[-1]
+    ok = sorted((r for r in rows if r[2] == "ok"), key=lambda r: -float(r[3]))
+    assert [r[0] for r in rows[:2]] == [r[0] for r in ok]  # best test/acc first
+    assert {float(r[3]) for r in ok} == {m["test/acc"] for m in finished.values()}
+
+    # `tensorboard --logdir <sweep>` sees one run per finished job, each with its HParams
+    # summary and the same final test/acc as its metrics.json.
+    tb = EventMultiplexer()
+    tb.AddRunsFromDirectory(str(sweep))
+    tb.Reload()
+    runs = {name.split("/")[0]: name for name in tb.Runs()}
+    assert set(runs) == {"0", "1"}
+    for job, run in runs.items():
+        assert "_hparams_/session_start_info" in tb.PluginRunToTagToContent("hparams")[run]
+        assert tb.Scalars(run, "test/acc")[-1].value == finished[job]["test/acc"]
+
+
+def test_submitit_local_runs_each_job_in_its_own_process(tmp_path):
+    sweep = tmp_path / "sweep"
+    result = run_cli("-m", *SMALL, "logger=none", "hydra/launcher=submitit_local", "seed=0,1", f"hydra.sweep.dir={sweep}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert len(list((sweep / ".submitit").glob("*/*_result.pkl"))) == 2
+    metrics = [json.loads((sweep / n / "metrics.json").read_text()) for n in ("0", "1")]
+    assert metrics[0]["best_checkpoint"] != metrics[1]["best_checkpoint"]
+    assert "| seed |" in report(sweep)
+
+
+def test_optuna_search_resumes_prunes_and_records_failures(tmp_path):
+    """A 3-trial study stopped after one trial and started again ends with 3 trials.
+
+    optimizer.lr is drawn from {0.05 (learns), 1e-6 (stays near chance: pruned), -1 (fails)};
+    RandomSampler(seed=1) draws 1e-6 in the first session and, re-seeded with 1 + 1 trials
+    on resume, -1 and 0.05: one trial of each kind.
+    """
+    sweep, db = tmp_path / "search", tmp_path / "search" / "study.db"
+    search = [
+        "-m",
+        *SMALL,
+        "trainer.max_epochs=2",
+        "logger=none",
+        "hydra/sweeper=mnist_lab_optuna",
+        f"hydra.sweep.dir={sweep}",
+        f"hydra.sweeper.storage=sqlite:///{db}",
+        "hydra.sweeper.study_name=resume_test",
+        "+hydra.sweeper.sampler={_target_:optuna.samplers.RandomSampler,seed:1}",
+        # Prune a trial whose val/acc is below 0.3 after any epoch (chance is 0.1).
+        "+hydra.sweeper.pruner={_target_:optuna.pruners.ThresholdPruner,lower:0.3}",
+        "optimizer.lr=choice(0.05,1e-6,-1.0)",
+    ]
+    first = run_cli(*search, "hydra.sweeper.n_trials=1")
+    assert first.returncode == 0, first.stderr[-3000:]
+    study = optuna.load_study(study_name="resume_test", storage=f"sqlite:///{db}")
+    assert len(study.trials) == 1
+
+    second = run_cli(*search, "hydra.sweeper.n_trials=3")
+    assert second.returncode == 0, second.stderr[-3000:]  # a failed trial is part of a search
+    study = optuna.load_study(study_name="resume_test", storage=f"sqlite:///{db}")
+    trials = {t.params["optimizer.lr"]: t for t in study.trials}
+    assert len(study.trials) == 3 and set(trials) == {0.05, 1e-6, -1.0}
+    assert trials[0.05].state == TrialState.COMPLETE and trials[0.05].value > 0.3
+    assert trials[0.05].value == json.loads((sweep / str(trials[0.05].number) / "metrics.json").read_text())["val/acc_best"]
+    pruned = trials[1e-6]
+    assert pruned.state == TrialState.PRUNED and pruned.intermediate_values[0] < 0.3
+    assert json.loads((sweep / str(pruned.number) / "metrics.json").read_text())["epochs"] == 1  # stopped early
+    assert trials[-1.0].state == TrialState.FAIL and "optimizer.lr" in trials[-1.0].user_attrs["error"]
+    assert (sweep / str(trials[-1.0].number) / "error.txt").exists()
+    assert "best_trial: " + str(trials[0.05].number) in (sweep / "optimization_results.yaml").read_text()
+    statuses = [line.split(" | ")[2] for line in report(sweep).splitlines()[4:]]
+    assert statuses == ["ok", "pruned", "failed"]
+
+
+def test_interrupted_trials_are_failed_and_queued_again(tmp_path):
+    """A trial left RUNNING by a killed search is marked failed and its parameters run next."""
+    from hydra_plugins.mnist_lab_optuna.sweeper import counted_trials, requeue_interrupted
+
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path / 's.db'}", study_name="s", direction="maximize")
+    study.tell(study.ask({"x": optuna.distributions.FloatDistribution(0, 1)}), 0.5)
+    killed = study.ask({"x": optuna.distributions.FloatDistribution(0, 1)})
+    requeue_interrupted(study)
+    assert study.trials[killed.number].state == TrialState.FAIL
+    assert len(counted_trials(study)) == 1  # the killed trial does not count towards n_trials
+    assert study.ask({"x": optuna.distributions.FloatDistribution(0, 1)}).params == killed.params
