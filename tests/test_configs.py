@@ -41,10 +41,13 @@ def instantiate_run_objects(cfg, tmp_path):
 
 @pytest.mark.parametrize("group,choice", CHOICES, ids=[f"{g}={c}" for g, c in CHOICES])
 def test_group_choice_instantiates(group, choice, tmp_path):
-    cfg = compose_config([f"{group}={choice}"] if group != "trainer" or choice != "gpu" else [], tmp_path)
-    if group == "trainer" and choice == "gpu":  # composes everywhere; instantiates only on a GPU
-        cfg = compose_config(["trainer=gpu"], tmp_path)
+    gpu_only = group == "trainer" and choice in ("gpu", "ddp")
+    cfg = compose_config([f"{group}={choice}"] if not gpu_only else [], tmp_path)
+    if gpu_only:  # composes everywhere; instantiates only on a GPU
+        cfg = compose_config([f"trainer={choice}"], tmp_path)
         assert cfg.trainer.accelerator == "gpu"
+        if "strategy" in cfg.trainer:
+            instantiate(cfg.trainer.strategy)
         return
     instantiate_run_objects(cfg, tmp_path)
 
@@ -55,6 +58,35 @@ def test_experiment_instantiates(name, tmp_path):
     if cfg.trainer.accelerator == "gpu":
         pytest.skip("GPU-only experiment: composes, instantiated on GPU machines")
     instantiate_run_objects(cfg, tmp_path)
+
+
+SEARCHES = sorted(p.stem for p in (CONF_DIR / "hparams_search").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("name", SEARCHES)
+def test_hparams_search_composes_and_searches_existing_keys(name, tmp_path):
+    """A search preset selects the Optuna sweeper, and every key it searches exists in the config."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from omegaconf import OmegaConf
+
+    from hydra_plugins.mnist_lab_optuna.sweeper import distribution
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("config", overrides=[f"hparams_search={name}"], return_hydra_config=True)
+    sweeper = cfg.hydra.sweeper
+    assert sweeper._target_ == "hydra_plugins.mnist_lab_optuna.sweeper.OptunaSweeper"
+    assert sweeper.params, "a search preset needs a search space"
+    for key, space in sweeper.params.items():
+        assert OmegaConf.select(cfg, key, default="<missing>") != "<missing>", f"{key} is not a config key"
+        (override,) = OverridesParser.create().parse_overrides([f"{key}={space}"])
+        distribution(override)  # choice / interval / range that Optuna can sample
+    for part in ("sampler", "pruner"):
+        if sweeper[part] is not None:
+            instantiate(sweeper[part])
+    instantiate_run_objects(compose_config([f"hparams_search={name}"], tmp_path), tmp_path)
 
 
 def test_augment_choice_instantiates(tmp_path):
