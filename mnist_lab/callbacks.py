@@ -68,6 +68,8 @@ class TestReport(pl.Callback):
             self.wrong += [(x[i, 0], int(y[i]), int(preds[i])) for i in idx]
 
     def on_test_epoch_end(self, trainer, pl_module) -> None:
+        if self.confusion is not None and trainer.world_size > 1:  # DDP: every rank holds a shard's counts
+            self.confusion = trainer.strategy.reduce(self.confusion, reduce_op="sum")
         if self.confusion is None or not trainer.is_global_zero:
             return
         figures = {"test/confusion_matrix": confusion_figure(self.confusion.cpu())}
