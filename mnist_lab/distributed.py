@@ -15,8 +15,9 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import warnings
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Any, Iterator
 
 import torch
 from pytorch_lightning.strategies import DDPStrategy as _LightningDDP
@@ -32,6 +33,13 @@ _children: list[subprocess.Popen] = []
 
 class DDPStrategy(_LightningDDP):
     """Lightning's DDPStrategy whose extra local ranks run this Hydra job's own overrides."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # Lightning advises sync_dist=True for every epoch-level log under DDP. The val/test
+        # metrics are torchmetrics objects, already synchronised by compute(); the others
+        # (epoch time, frozen groups) are rank 0's own record.
+        warnings.filterwarnings("ignore", message=r"It is recommended to use `self\.log\(")
 
     def _configure_launcher(self) -> None:
         super()._configure_launcher()
