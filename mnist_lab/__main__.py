@@ -39,6 +39,8 @@ def main(cfg: DictConfig) -> float | None:
             if os.environ.get("HYDRA_FULL_ERROR") == "1":
                 raise
             print(f"\nError: {failure_message(e)}", file=sys.stderr)
+            if getattr(user_error(e), "exit_code", 1) != 1:  # Ctrl-C/SIGTERM: stop the sweep too
+                sys.exit(user_error(e).exit_code)
             raise JobFailed(f"{failure_message(e)} (recorded in {error_file})") from None
         if user_error(e) is None or os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
