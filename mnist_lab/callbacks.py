@@ -25,6 +25,10 @@ class EpochTimer(pl.Callback):
     def on_train_epoch_start(self, trainer, pl_module) -> None:
         self._start = time.perf_counter()
 
+    def on_train_start(self, trainer, pl_module) -> None:
+        # A run resumed mid-epoch gets no on_train_epoch_start (Lightning skips it then).
+        self._start = time.perf_counter()
+
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         seconds = time.perf_counter() - self._start
         self.epoch_seconds.append(seconds)

@@ -258,8 +258,12 @@ class TensorBatches:
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         n = len(self.y)
+        # Counted when the pass starts: Lightning takes len(self) batches and never asks for
+        # the next one, so code after the loop below would not run and every epoch would
+        # repeat the first epoch's order.
+        epoch, self.epoch = self.epoch, self.epoch + 1
         if self.shuffle:
-            order = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed * 100_003 + self.epoch))
+            order = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed * 100_003 + epoch))
             if self.world_size > 1:  # pad by wrapping around, then every world_size-th sample
                 order = order.repeat(math.ceil(self.world_size * self._shard_size() / n))
                 order = order[: self.world_size * self._shard_size()][self.rank :: self.world_size]
@@ -277,11 +281,13 @@ class TensorBatches:
             else:
                 idx = order[i * self.batch_size : (i + 1) * self.batch_size]
                 yield self.x[idx], self.y[idx]
-        self.epoch += 1
-        self._served = 0
 
     def state_dict(self) -> dict[str, int]:
-        return {"epoch": self.epoch, "served": self._served}
+        if self._skip:  # loaded, not iterated yet
+            return {"epoch": self.epoch, "served": self._skip}
+        if 0 < self._served < len(self):  # mid-pass: that pass again, without its served batches
+            return {"epoch": self.epoch - 1, "served": self._served}
+        return {"epoch": self.epoch, "served": 0}
 
     def load_state_dict(self, state: dict[str, int]) -> None:
         self.epoch, self._skip = state["epoch"], state["served"]
@@ -331,6 +337,7 @@ class DigitsDataModule(pl.LightningDataModule):
         self.mean, self.std, self.augment = mean, std, augment
         self.splits: Splits | None = None
         self._train_batches: TensorBatches | None = None
+        self._train_state: dict[str, int] | None = None  # from a checkpoint, for _train_batches
 
     def setup(self, stage: str | None = None) -> None:
         if self.splits is not None:
@@ -370,6 +377,8 @@ class DigitsDataModule(pl.LightningDataModule):
             self._train_batches = TensorBatches(
                 s.train_x, s.train_y, self.batch_size, True, self.split_seed, **self._shard()
             )
+            if self._train_state is not None:
+                self._train_batches.load_state_dict(self._train_state)
         return self._train_batches
 
     def val_dataloader(self) -> TensorBatches:
@@ -390,7 +399,15 @@ class DigitsDataModule(pl.LightningDataModule):
         return self.normalize(x, augment=self.trainer is not None and self.trainer.training), y
 
     def state_dict(self) -> dict:
-        return {}
+        # The training order's position (Lightning saves the loader's state too, but restores
+        # it only if nothing built the loader before the restore, and OneCycleLR's
+        # trainer.estimated_stepping_batches does: a resumed run would restart the epoch).
+        return {"train_batches": self._train_batches.state_dict()} if self._train_batches is not None else {}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self._train_state = state_dict.get("train_batches")
+        if self._train_batches is not None and self._train_state is not None:
+            self._train_batches.load_state_dict(self._train_state)
 
 
 def stratified_subset(labels: torch.Tensor, per_class: int, num_classes: int, g: torch.Generator) -> torch.Tensor:

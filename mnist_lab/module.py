@@ -52,6 +52,9 @@ class Classifier(pl.LightningModule):
         self.test_acc = MulticlassAccuracy(num_classes, average="micro")
         self.val_loss, self.test_loss = MeanMetric(), MeanMetric()
         self.val_acc_best = MaxMetric()
+        # Saved in checkpoints (torchmetrics states are not by default): a resumed run still
+        # knows the best val/acc of the epochs before the interruption.
+        self.val_acc_best.persistent(True)
         # Training loss summed on the device and read once per logging window: reading it
         # every step (loss.item()) would force a host sync per batch.
         self._loss_sum: torch.Tensor | None = None
@@ -76,12 +79,19 @@ class Classifier(pl.LightningModule):
                 raise NonFiniteLossError(
                     f"The training loss became {mean.item()} in the {self._loss_count} steps up to step "
                     f"{self.global_step} (epoch {self.current_epoch}). The usual cause is a learning rate "
-                    "that is too high: lower optimizer.lr (or scheduler max_lr) and start again. The last "
-                    "good checkpoint is kept in the run's checkpoints/ directory."
+                    "that is too high: lower optimizer.lr (or scheduler max_lr) and start again."
                 )
             self.log("train/loss", mean, on_step=True, on_epoch=False, prog_bar=True)
             self._loss_sum, self._loss_count = None, 0
         return loss
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # The unlogged part of the train/loss window: a run resumed mid-window logs the same mean.
+        checkpoint["train_loss_window"] = {"sum": self._loss_sum, "count": self._loss_count}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        window = checkpoint.get("train_loss_window", {"sum": None, "count": 0})
+        self._loss_sum, self._loss_count = window["sum"], window["count"]
 
     def _evaluate(self, batch, acc: MulticlassAccuracy, loss_metric: MeanMetric) -> torch.Tensor:
         x, y = batch

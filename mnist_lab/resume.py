@@ -143,11 +143,6 @@ class Resumable(pl.Callback):
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._fit_start = time.perf_counter()
-        # Only the main thread may set handlers; with several processes (DDP) Lightning's own
-        # SIGTERM handling (which tells the other ranks) is kept.
-        if threading.current_thread() is threading.main_thread() and trainer.world_size == 1:
-            for signum in (signal.SIGINT, signal.SIGTERM):
-                self._previous_handlers[signum] = signal.signal(signum, self._handler)
 
     def _restore_handlers(self) -> None:
         for signum, handler in self._previous_handlers.items():
@@ -159,6 +154,12 @@ class Resumable(pl.Callback):
         if self._rng_to_restore is not None:
             _set_rng_state(self._rng_to_restore)
             self._rng_to_restore = None
+        # After Lightning installed its own SIGTERM handler (it restores what it found at the
+        # end of fit). Only the main thread may set handlers; with several processes (DDP)
+        # Lightning's SIGTERM handling, which tells the other ranks, is kept.
+        if threading.current_thread() is threading.main_thread() and trainer.world_size == 1:
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                self._previous_handlers[signum] = signal.signal(signum, self._handler)
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._restore_handlers()

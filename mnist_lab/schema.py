@@ -197,10 +197,10 @@ def _raw(node: DictConfig, key: Any) -> Any:
     return OmegaConf.to_container(value, resolve=False) if OmegaConf.is_config(value) else value
 
 
-def _unknown_reason(key: str, allowed: set[str], where: str) -> str:
+def _unknown_reason(key: str, allowed: set[str], where: str, see: str = "") -> str:
     close = difflib.get_close_matches(key.rsplit(".", 1)[-1], sorted(allowed), n=3, cutoff=0.6)
     hint = f" Did you mean {' or '.join(f'`{c}`' for c in close)}?" if close else ""
-    listing = f" Allowed keys: {', '.join(sorted(allowed))}." if len(allowed) <= 20 else ""
+    listing = f" Allowed keys: {', '.join(sorted(allowed))}." if len(allowed) <= 20 else f" {see}".rstrip()
     return f"is not a key of {where}: unknown key.{hint}{listing}"
 
 
@@ -269,7 +269,7 @@ def _check_target(node: DictConfig, path: str, problems: list[Problem]) -> None:
         sub = f"{path}.{key}"
         if key not in params and not takes_any:
             allowed = {n for n, p in params.items() if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
-            problems.append(Problem(sub, _raw(node, key), _unknown_reason(key, allowed, where) + f" (see the signature of {target_name})"))
+            problems.append(Problem(sub, _raw(node, key), _unknown_reason(key, allowed, where, f"The allowed keys are the arguments of {target_name}.")))
             continue
         if OmegaConf.is_missing(node, key):
             problems.append(Problem(sub, "???", "is required but not set: give it a value on the command line or in the config"))
@@ -341,14 +341,16 @@ def _conforms(value: Any, hint: Any) -> bool:
 
 def _describe(hint: Any) -> str:
     origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if origin in (Union, types.UnionType):
-        return " or ".join(dict.fromkeys(_describe(a) for a in args))
+    if origin in (Union, types.UnionType):  # Tensor alternatives: YAML cannot hold them anyway
+        return " or ".join(dict.fromkeys(_describe(a) for a in args if a is not torch.Tensor))
     if origin is Literal:
         return "one of " + ", ".join(repr(a) for a in args)
     if hint is type(None):
         return "null"
+    if origin is tuple and args and args[-1] is not Ellipsis:
+        return f"a list of {len(args)} ({', '.join(_describe(a) for a in args)})"
     if origin in (tuple, list, abc.Sequence) or hint in (tuple, list):
-        return "a list" + (f" of {_describe(args[0])}" if args and args[-1] is not Ellipsis and len(set(args)) == 1 else "")
+        return "a list" + (f" of ({_describe(args[0])})" if args else "")
     if hint is float:
         return "a number"
     if hint is int:
@@ -357,7 +359,7 @@ def _describe(hint: Any) -> str:
         return "true/false"
     if hint is str or hint is Path:
         return "a string"
-    return f"a {getattr(hint, '__name__', str(hint))} (a node with _target_)"
+    return f"a {getattr(hint, '__name__', str(hint))} object (a node with _target_)"
 
 
 # ---------------------------------------------------------------------------------------
@@ -475,13 +477,15 @@ class Origins:
         return cls(list(overrides or []), choices, saved)
 
     def __call__(self, path: str) -> str:
-        for ov in self.overrides:
-            key, _, value = ov.partition("=")
+        parsed = [(ov, *ov.partition("=")[::2]) for ov in reversed(self.overrides)]  # the last one wins
+        for ov, key, _ in parsed:  # a value set on the command line
             key = key.lstrip("+~")
-            if key in self.choices and (path == key or path.startswith(key + ".")) and "." not in key:
-                return f"the config group file conf/{key}/{value}.yaml, chosen by the command-line override `{ov}`"
-            if path == key or path.startswith(key + "."):
+            if key not in self.choices and (path == key or path.startswith(key + ".")):
                 return f"the command-line override `{ov}`"
+        for ov, key, value in parsed:  # a group file chosen on the command line
+            key = key.lstrip("+~").replace("/", ".")
+            if key.replace(".", "/") in self.choices and (path == key or path.startswith(key + ".")):
+                return f"the config group file conf/{key.replace('.', '/')}/{value}.yaml, chosen by the command-line override `{ov}`"
         if self.saved_config:
             return f"the run's saved config {self.saved_config}"
         experiment = self.choices.get("experiment")
@@ -500,7 +504,7 @@ class Origins:
 
     def explain(self, p: Problem) -> str:
         value = p.value if isinstance(p.value, str) and p.value == "???" else repr(p.value)
-        return f"Config error: `{p.path}` = {value} {p.reason}. It came from {self(p.path)}; fix it there."
+        return f"Config error: `{p.path}` = {value} {p.reason.rstrip('.')}. It came from {self(p.path)}; fix it there."
 
     def attribute(self, error: UserError) -> UserError:
         """The same error with where its key came from, when the message starts with `key=value`."""

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
@@ -14,26 +13,32 @@ from pytorch_lightning.loggers import TensorBoardLogger
 from torch.utils.tensorboard.summary import hparams
 
 from mnist_lab.callbacks import EpochTimer
-from mnist_lab.errors import ConfigError
-from mnist_lab.module import Classifier
+from mnist_lab.module import Classifier, NonFiniteLossError
+from mnist_lab.resume import AtomicCheckpointIO, Resumable, check_output_dir, describe_checkpoint
+from mnist_lab.schema import setup_data, validate
 from mnist_lab.utils import environment_record, flatten, write_json
 
 # The final metrics a run reports; the HParams tab shows these beside the flattened config.
 HPARAM_METRICS = ("test/acc", "test/loss", "val/acc_best", "train_seconds")
+# metrics.json fields that differ between two runs of the same config and seed: wall-clock
+# times, and the best checkpoint's path (it lies in the run's own directory). Every other
+# field is bit-identical on CPU (tests/test_reliability.py checks it).
+NOT_REPRODUCIBLE = ("train_seconds", "test_seconds", "epoch_seconds", "best_checkpoint")
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Train, validate every epoch, test the best checkpoint; return the final metrics."""
+    # 0. Fail fast: keys, types, ranges, files and model/checkpoint fit, before any data is read;
+    # never write into an earlier run's directory unless resuming it.
+    validate(cfg)
     output_dir = Path(cfg.paths.output_dir)
-    if (output_dir / "metrics.json").exists() and cfg.get("ckpt_path") is None:
-        raise ConfigError(
-            f"{output_dir} already holds a finished run (metrics.json): refusing to overwrite it. "
-            "Choose another paths.output_dir (the default makes a new time-stamped one per run)."
-        )
+    check_output_dir(output_dir, cfg.get("ckpt_path"))
+    if not (output_dir / "environment.json").exists():  # a resumed run keeps its first record
+        write_json(output_dir / "environment.json", environment_record())
     pl.seed_everything(cfg.seed, workers=True)
 
     # 1. Data, model and the LightningModule that trains it.
-    datamodule = instantiate(cfg.data)
+    datamodule = setup_data(cfg)  # reads the files: bad files and labels_per_class fail here
     net = instantiate(cfg.model)
     module = Classifier(
         net=net,
@@ -47,15 +52,21 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     # 2. Callbacks, loggers, trainer.
     callbacks = [instantiate(c) for c in cfg.callbacks.values() if c is not None]
     callbacks.append(timer := EpochTimer())
+    # last.ckpt every N steps and on SIGINT/SIGTERM, RNG states in every checkpoint.
+    callbacks.append(resumable := Resumable(output_dir / "checkpoints", cfg.get("checkpoint_every_n_steps")))
     loggers = [instantiate(c) for c in cfg.logger.values() if c is not None] if cfg.get("logger") else []
     if not loggers:  # Lightning refuses a learning-rate monitor with nothing to log to
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
-    trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    trainer: pl.Trainer = instantiate(
+        cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=[AtomicCheckpointIO()]
+    )
 
     # 3. Fit, then test the best checkpoint (the last weights when there is no checkpointing).
-    start = time.perf_counter()
-    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
-    train_seconds = time.perf_counter() - start
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    except NonFiniteLossError as e:
+        raise NonFiniteLossError(f"{e} {describe_checkpoint(resumable.last_path)}") from e
+    train_seconds = resumable.train_seconds()  # resumed runs: all parts together
     val_acc_best = trainer.callback_metrics.get("val/acc_best")
     checkpoint = next((c for c in callbacks if isinstance(c, ModelCheckpoint)), None)
     best = checkpoint.best_model_path if checkpoint is not None and checkpoint.best_model_path else None
@@ -77,7 +88,6 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     # 4. Records: metrics.json, the environment, and the HParams tab with the real metrics.
     if trainer.is_global_zero:
         write_json(output_dir / "metrics.json", metrics)
-        write_json(output_dir / "environment.json", environment_record())
         for lg in trainer.loggers:
             if isinstance(lg, TensorBoardLogger):
                 log_hparams(lg, cfg, metrics)
