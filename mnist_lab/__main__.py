@@ -45,7 +45,7 @@ def main(cfg: DictConfig) -> float | None:
         if user_error(e) is None or os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
         print(f"\nError: {user_error(e)}", file=sys.stderr)
-        sys.exit(1)
+        sys.exit(getattr(user_error(e), "exit_code", 1))  # 130/143 after Ctrl-C/SIGTERM saved a checkpoint
     return metrics.get(cfg.get("optimized_metric", "val/acc_best"))
 
 
@@ -71,5 +71,20 @@ def record_failure(cfg: DictConfig, e: BaseException) -> Path:
     return error_file
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """`python -m mnist_lab`; `resume=<run dir>` first becomes that run's saved config (mnist_lab/resume.py)."""
+    if any(a.startswith(("resume=", "hydra.run.dir=")) for a in sys.argv[1:]):  # else skip importing torch
+        from mnist_lab.resume import resume_argv
+
+        try:
+            sys.argv = resume_argv(sys.argv)
+        except UserError as e:
+            if os.environ.get("HYDRA_FULL_ERROR") == "1":
+                raise
+            print(f"Error: {e}", file=sys.stderr)
+            sys.exit(1)
     main()
+
+
+if __name__ == "__main__":
+    cli()
