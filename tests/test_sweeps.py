@@ -119,3 +119,24 @@ def test_interrupted_trials_are_failed_and_queued_again(tmp_path):
     assert study.trials[killed.number].state == TrialState.FAIL
     assert len(counted_trials(study)) == 1  # the killed trial does not count towards n_trials
     assert study.ask({"x": optuna.distributions.FloatDistribution(0, 1)}).params == killed.params
+
+
+def test_launcher_configs_compose_with_their_plugins():
+    """Each launcher YAML composes and names a launcher Hydra has discovered; SLURM documents its fields."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.plugins import Plugins
+    from hydra.plugins.launcher import Launcher
+
+    from mnist_lab import CONF_DIR
+
+    discovered = {f"{c.__module__}.{c.__name__}" for c in Plugins.instance().discover(Launcher)}
+    for name in ("joblib", "submitit_local", "submitit_slurm"):
+        GlobalHydra.instance().clear()
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            cfg = compose("config", overrides=[f"hydra/launcher={name}"], return_hydra_config=True)
+        assert cfg.hydra.launcher._target_ in discovered
+    launcher = cfg.hydra.launcher
+    assert launcher.tasks_per_node == launcher.gpus_per_node  # one DDP rank per GPU
+    for key in ("partition", "timeout_min", "array_parallelism", "setup", "nodes"):
+        assert key in launcher
