@@ -140,3 +140,11 @@ def test_launcher_configs_compose_with_their_plugins():
     assert launcher.tasks_per_node == launcher.gpus_per_node  # one DDP rank per GPU
     for key in ("partition", "timeout_min", "array_parallelism", "setup", "nodes"):
         assert key in launcher
+
+
+def test_report_of_a_directory_without_jobs_says_what_to_pass(tmp_path, capsys):
+    from mnist_lab.report import main
+
+    assert main([str(tmp_path)]) == 1
+    message = capsys.readouterr().err
+    assert str(tmp_path) in message and "multirun" in message and "Traceback" not in message
