@@ -15,6 +15,7 @@ import gzip
 import importlib
 import math
 import struct
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Protocol
@@ -46,7 +47,7 @@ def read_idx(path: str | Path, ndim: int | None = None) -> torch.Tensor:
     path = Path(path)
     try:
         raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
-    except (OSError, EOFError, gzip.BadGzipFile) as e:
+    except (OSError, EOFError, gzip.BadGzipFile, zlib.error) as e:  # zlib: a damaged deflate stream
         raise DataError(f"Cannot read the IDX file {path}: {e}. Replace it with an intact copy.") from e
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_TYPES:
         raise DataError(
