@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,7 @@ from pytorch_lightning.loggers import TensorBoardLogger
 from torch.utils.tensorboard.summary import hparams
 
 from mnist_lab.callbacks import EpochTimer
+from mnist_lab.finetune import load_pretrained
 from mnist_lab.module import Classifier, NonFiniteLossError
 from mnist_lab.resume import AtomicCheckpointIO, Resumable, check_output_dir, describe_checkpoint
 from mnist_lab.schema import setup_data, validate
@@ -40,6 +42,13 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     # 1. Data, model and the LightningModule that trains it.
     datamodule = setup_data(cfg)  # reads the files: bad files and labels_per_class fail here
     net = instantiate(cfg.model)
+    # 1b. Fine-tuning (conf/finetune): check the strategy's group names against the model,
+    # then start from the pretrained weights if finetune.checkpoint is set; both fail here,
+    # before training. A resumed run (ckpt_path) takes all its weights from ckpt_path instead.
+    finetune = instantiate(cfg.finetune)
+    finetune.bind(net)
+    if finetune.checkpoint and cfg.get("ckpt_path") is None:
+        load_pretrained(net, finetune.checkpoint)
     module = Classifier(
         net=net,
         optimizer=instantiate(cfg.optimizer),
@@ -47,6 +56,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         scheduler_interval=cfg.scheduler.interval,
         num_classes=cfg.data.num_classes,
         channels_last=cfg.channels_last,
+        finetune=finetune,
     )
 
     # 2. Callbacks, loggers, trainer.
@@ -67,20 +77,24 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     except NonFiniteLossError as e:
         raise NonFiniteLossError(f"{e} {describe_checkpoint(resumable.last_path)}") from e
     train_seconds = resumable.train_seconds()  # resumed runs: all parts together
+    # Read now: trainer.test(ckpt_path=best) restores callback states from that checkpoint.
+    epoch_seconds = list(timer.epoch_seconds)
     val_acc_best = trainer.callback_metrics.get("val/acc_best")
     checkpoint = next((c for c in callbacks if isinstance(c, ModelCheckpoint)), None)
     best = checkpoint.best_model_path if checkpoint is not None and checkpoint.best_model_path else None
     metrics: dict[str, Any] = {}
     if cfg.test:
+        start = time.perf_counter()
         (tested,) = trainer.test(module, datamodule=datamodule, ckpt_path=best, verbose=False)
         metrics.update({k: v.item() if hasattr(v, "item") else v for k, v in tested.items()})
+        metrics["test_seconds"] = time.perf_counter() - start
     metrics.update(
         {
             "val/acc_best": None if val_acc_best is None else val_acc_best.item(),
             "epochs": trainer.current_epoch,
             "global_steps": trainer.global_step,
             "train_seconds": train_seconds,
-            "epoch_seconds": timer.epoch_seconds,
+            "epoch_seconds": epoch_seconds,
             "best_checkpoint": best,
         }
     )

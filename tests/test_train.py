@@ -76,3 +76,15 @@ def test_other_models_train_with_csv_logger(tiny_cfg, model):
     metrics = train(cfg)
     assert metrics["test/acc"] > 0.5
     assert list(Path(cfg.paths.output_dir, "csv").glob("metrics.csv"))
+
+
+def test_epoch_times_survive_testing_an_earlier_checkpoint(tiny_cfg):
+    """Testing the best checkpoint restores callback states; the epoch times must not shrink.
+
+    mode=min on val/acc makes the first (worst) epoch the 'best' one, so the test stage
+    loads the epoch-0 checkpoint of a 2-epoch run.
+    """
+    cfg = tiny_cfg("trainer.max_epochs=2", "callbacks.model_checkpoint.mode=min", "logger=none")
+    metrics = train(cfg)
+    assert "best-epoch000" in metrics["best_checkpoint"]
+    assert metrics["epochs"] == 2 and len(metrics["epoch_seconds"]) == 2

@@ -1,0 +1,224 @@
+"""mnist_lab against the reference article's hand-written loop, side by side.
+
+    python benchmarks/compare_article.py                    # 3 alternating repetitions, 10 epochs
+    python benchmarks/compare_article.py --reps 1 --epochs 1 --limit-batches 50   # smoke run
+
+Each repetition runs, in fresh subprocesses and alternating, (a) the article's loop:
+torchvision's MNIST dataset + PIL ToTensor/Normalize + DataLoader(batch 64, shuffle), its CNN
+(ReLU before max-pool, padding fixed), SGD lr 0.001 momentum 0.9, the loss printed every 200
+batches; and (b) mnist_lab's `train(cfg)` with `experiment=seed_baseline` (the full Lightning
+path: validation every epoch, TensorBoard logging, checkpoints, test of the best checkpoint).
+Both read the same real MNIST files (data/mnist). Prints per-epoch seconds (median of the
+training epochs), images/s, peak resident memory, test accuracy, and the ratio
+mnist_lab / article of the median epoch time. `--variant` adds mnist_lab runs with extra
+overrides (e.g. `--variant "trainer.precision=bf16-mixed"`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def run_article(epochs: int, limit_batches: int | None, seed: int) -> dict:
+    """The article's training loop, verbatim in spirit; returns timings and test accuracy."""
+    import torch
+    import torch.nn as nn
+    import torch.nn.functional as F
+    import torchvision
+    import torchvision.transforms as transforms
+
+    torch.manual_seed(seed)
+    # torchvision's MNIST reads uncompressed IDX files from <root>/MNIST/raw.
+    root = Path(tempfile.mkdtemp(prefix="article_mnist_"))
+    raw = root / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for f in (ROOT / "data" / "mnist").glob("*.gz"):
+        (raw / f.stem).write_bytes(gzip.decompress(f.read_bytes()))
+
+    transform = transforms.Compose([transforms.ToTensor(), transforms.Normalize((0.1307,), (0.3081,))])
+    trainset = torchvision.datasets.MNIST(root=str(root), train=True, download=False, transform=transform)
+    testset = torchvision.datasets.MNIST(root=str(root), train=False, download=False, transform=transform)
+    trainloader = torch.utils.data.DataLoader(trainset, batch_size=64, shuffle=True)
+    testloader = torch.utils.data.DataLoader(testset, batch_size=64, shuffle=False)
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv1 = nn.Conv2d(1, 32, kernel_size=5, padding=2)  # padding fixed (see models.py)
+            self.conv2 = nn.Conv2d(32, 64, kernel_size=3, padding=1)
+            self.fc1 = nn.Linear(64 * 7 * 7, 128)
+            self.fc2 = nn.Linear(128, 10)
+
+        def forward(self, x):
+            x = F.max_pool2d(F.relu(self.conv1(x)), 2)
+            x = F.max_pool2d(F.relu(self.conv2(x)), 2)
+            x = x.view(-1, 64 * 7 * 7)
+            x = F.relu(self.fc1(x))
+            return self.fc2(x)
+
+    net = Net()
+    criterion = nn.CrossEntropyLoss()
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.001, momentum=0.9)
+    epoch_seconds = []
+    images = 0
+    start = time.perf_counter()
+    for epoch in range(epochs):
+        t0 = time.perf_counter()
+        running_loss = 0.0
+        for i, (inputs, labels) in enumerate(trainloader):
+            if limit_batches is not None and i >= limit_batches:
+                break
+            optimizer.zero_grad()
+            loss = criterion(net(inputs), labels)
+            loss.backward()
+            optimizer.step()
+            running_loss += loss.item()
+            images += len(labels)
+            if i % 200 == 199:
+                print(f"[{epoch + 1}, {i + 1:5d}] loss: {running_loss / 200:.3f}", file=sys.stderr)
+                running_loss = 0.0
+        epoch_seconds.append(time.perf_counter() - t0)
+    train_seconds = time.perf_counter() - start
+    correct = total = 0
+    with torch.no_grad():
+        for inputs, labels in testloader:
+            correct += (net(inputs).argmax(1) == labels).sum().item()
+            total += len(labels)
+    return {
+        "epoch_seconds": epoch_seconds,
+        "train_seconds": train_seconds,
+        "images": images,
+        "test_acc": correct / total,
+        "total_seconds": time.perf_counter() - start,
+    }
+
+
+def run_mnist_lab(epochs: int, limit_batches: int | None, seed: int, overrides: list[str]) -> dict:
+    """mnist_lab's train(cfg) on experiment=seed_baseline, everything on (TensorBoard, checkpoints)."""
+    from hydra import compose, initialize_config_dir
+
+    from mnist_lab import CONF_DIR
+    from mnist_lab.train import train
+
+    out = Path(tempfile.mkdtemp(prefix="bench_mnist_lab_")) / "run"
+    args = [
+        "experiment=seed_baseline",
+        f"seed={seed}",
+        f"trainer.max_epochs={epochs}",
+        "callbacks.progress_bar=null",
+        "trainer.enable_progress_bar=false",
+        "trainer.enable_model_summary=false",
+        f"paths.output_dir={out}",
+        *([f"trainer.limit_train_batches={limit_batches}"] if limit_batches else []),
+        *overrides,
+    ]
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("config", overrides=args)
+    start = time.perf_counter()
+    metrics = train(cfg)
+    batches = limit_batches or -(-55000 // cfg.data.batch_size)
+    images = epochs * min(batches * cfg.data.batch_size, 55000)
+    return {
+        "epoch_seconds": metrics["epoch_seconds"],
+        "train_seconds": metrics["train_seconds"],
+        "images": images,
+        "test_acc": metrics["test/acc"],
+        "total_seconds": time.perf_counter() - start,
+    }
+
+
+def worker(args: argparse.Namespace) -> None:
+    import torch
+
+    torch.set_num_threads(args.threads) if args.threads else None
+    if args.worker == "article":
+        result = run_article(args.epochs, args.limit_batches, args.seed)
+    else:
+        result = run_mnist_lab(args.epochs, args.limit_batches, args.seed, json.loads(args.overrides))
+    result["peak_rss_mib"] = peak_rss_mib()
+    print("RESULT " + json.dumps(result))
+
+
+def spawn(kind: str, args: argparse.Namespace, overrides: list[str] = ()) -> dict:
+    cmd = [sys.executable, __file__, "--worker", kind, "--epochs", str(args.epochs), "--seed", str(args.seed)]
+    cmd += ["--overrides", json.dumps(list(overrides))]
+    if args.limit_batches:
+        cmd += ["--limit-batches", str(args.limit_batches)]
+    if args.threads:
+        cmd += ["--threads", str(args.threads)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+    if proc.returncode != 0 or not lines:
+        raise SystemExit(f"{kind} run failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
+    return json.loads(lines[-1][len("RESULT ") :])
+
+
+def summarise(name: str, runs: list[dict]) -> dict:
+    # The first epoch carries one-time costs (allocator warm-up, first checkpoint): the
+    # median over all epochs of all repetitions is the steady-state figure.
+    epochs = [s for r in runs for s in r["epoch_seconds"]]
+    med = statistics.median(epochs)
+    per_epoch_images = runs[0]["images"] / len(runs[0]["epoch_seconds"])
+    return {
+        "name": name,
+        "median_epoch_s": med,
+        "images_per_s": per_epoch_images / med,
+        "peak_rss_mib": max(r["peak_rss_mib"] for r in runs),
+        "test_acc": [r["test_acc"] for r in runs],
+        "total_s": [r["total_seconds"] for r in runs],
+    }
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--reps", type=int, default=3)
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--limit-batches", type=int, default=None, help="train only this many batches per epoch")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    p.add_argument("--variant", action="append", default=[], help="extra mnist_lab run with these overrides")
+    p.add_argument("--json", type=Path, default=None, help="also write the summary here")
+    p.add_argument("--worker", choices=["article", "mnist_lab"], help=argparse.SUPPRESS)
+    p.add_argument("--overrides", default="[]", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.worker:
+        return worker(args)
+
+    plan = [("article", []), ("mnist_lab", [])] + [(f"mnist_lab {v}", v.split()) for v in args.variant]
+    results: dict[str, list[dict]] = {name: [] for name, _ in plan}
+    for rep in range(args.reps):
+        for name, overrides in plan:  # alternate, so machine noise hits every contender alike
+            kind = "article" if name == "article" else "mnist_lab"
+            r = spawn(kind, args, overrides)
+            results[name].append(r)
+            print(f"rep {rep + 1} {name:<40} median epoch {statistics.median(r['epoch_seconds']):6.2f} s  "
+                  f"test acc {r['test_acc']:.4f}", flush=True)
+    summary = [summarise(name, runs) for name, runs in results.items()]
+    base = summary[0]["median_epoch_s"]
+    print(f"\n{'':<40} {'epoch s':>8} {'img/s':>8} {'peak MiB':>9} {'ratio':>6}  test acc (per rep)")
+    for s in summary:
+        s["ratio_vs_article"] = s["median_epoch_s"] / base
+        accs = " ".join(f"{a:.4f}" for a in s["test_acc"])
+        print(f"{s['name']:<40} {s['median_epoch_s']:8.2f} {s['images_per_s']:8.0f} {s['peak_rss_mib']:9.0f} "
+              f"{s['ratio_vs_article']:6.2f}  {accs}")
+    if args.json:
+        args.json.write_text(json.dumps({"args": vars(args), "summary": summary, "runs": results}, indent=2, default=str))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,85 @@
+"""How mnist_lab's epoch time and peak memory grow with dataset size and batch size.
+
+    python benchmarks/scaling.py                       # sizes 10k/30k/55k at batch 64, batches 64..1024
+    python benchmarks/scaling.py --sizes 2000 --batches 64 --epochs 1   # smoke run
+
+Each point is a fresh subprocess running `train(cfg)` (the article's CNN and SGD recipe,
+full Lightning path with TensorBoard and checkpoints) for `--epochs` epochs; the figure is
+the median training-epoch time, images/s, and the process's peak resident memory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def worker(train_size: int, batch_size: int, epochs: int, overrides: list[str]) -> None:
+    from hydra import compose, initialize_config_dir
+
+    from mnist_lab import CONF_DIR
+    from mnist_lab.train import train
+
+    out = Path(tempfile.mkdtemp(prefix="bench_scaling_")) / "run"
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose(
+            "config",
+            overrides=[
+                "experiment=seed_baseline",
+                f"data.train_size={train_size}",
+                f"data.batch_size={batch_size}",
+                f"trainer.max_epochs={epochs}",
+                "trainer.enable_progress_bar=false",
+                "trainer.enable_model_summary=false",
+                "callbacks.progress_bar=null",
+                f"paths.output_dir={out}",
+                *overrides,
+            ],
+        )
+    metrics = train(cfg)
+    epoch_s = statistics.median(metrics["epoch_seconds"])
+    print("RESULT " + json.dumps({
+        "train_size": train_size,
+        "batch_size": batch_size,
+        "median_epoch_s": epoch_s,
+        "images_per_s": train_size / epoch_s,
+        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "test_acc": metrics["test/acc"],
+    }))
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--sizes", type=int, nargs="+", default=[10_000, 30_000, 55_000])
+    p.add_argument("--batches", type=int, nargs="+", default=[64, 128, 256, 512, 1024])
+    p.add_argument("--epochs", type=int, default=2)
+    p.add_argument("--override", action="append", default=[], help="extra config override for every point")
+    p.add_argument("--worker", type=int, nargs=2, help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.worker:
+        return worker(*args.worker, args.epochs, args.override)
+
+    points = [(n, 64) for n in args.sizes] + [(max(args.sizes), b) for b in args.batches if b != 64]
+    print(f"{'train images':>12} {'batch':>6} {'epoch s':>8} {'img/s':>8} {'peak MiB':>9} {'test acc':>8}")
+    for n, b in points:
+        cmd = [sys.executable, __file__, "--worker", str(n), str(b), "--epochs", str(args.epochs)]
+        cmd += [f"--override={o}" for o in args.override]
+        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+        lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+        if proc.returncode != 0 or not lines:
+            raise SystemExit(f"point ({n}, {b}) failed:\n{proc.stderr[-3000:]}")
+        r = json.loads(lines[-1][7:])
+        print(f"{n:>12} {b:>6} {r['median_epoch_s']:8.2f} {r['images_per_s']:8.0f} {r['peak_rss_mib']:9.0f} "
+              f"{r['test_acc']:8.4f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

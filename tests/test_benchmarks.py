@@ -1,0 +1,35 @@
+"""Smoke runs of the benchmark scripts: they run end to end and print their tables."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from mnist_lab import ROOT_DIR
+
+
+def test_compare_article_smoke(tmp_path):
+    out = tmp_path / "summary.json"
+    result = subprocess.run(
+        [sys.executable, "benchmarks/compare_article.py", "--reps", "1", "--epochs", "1", "--limit-batches", "5",
+         "--json", str(out)],
+        cwd=ROOT_DIR, capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "ratio" in result.stdout
+    summary = {s["name"]: s for s in json.loads(out.read_text())["summary"]}
+    assert set(summary) == {"article", "mnist_lab"}
+    assert summary["article"]["ratio_vs_article"] == 1.0
+    for s in summary.values():
+        assert s["median_epoch_s"] > 0 and s["peak_rss_mib"] > 100 and 0 < s["test_acc"][0] <= 1
+
+
+def test_scaling_smoke():
+    result = subprocess.run(
+        [sys.executable, "benchmarks/scaling.py", "--sizes", "640", "--batches", "64", "128", "--epochs", "1"],
+        cwd=ROOT_DIR, capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = [ln.split() for ln in result.stdout.splitlines()[1:]]
+    assert [(r[0], r[1]) for r in rows] == [("640", "64"), ("640", "128")]
