@@ -117,7 +117,8 @@ def validate(cfg: DictConfig, overrides: list[str] | None = None, choices: dict[
     if not problems:  # building objects from a config with wrong types would only add noise
         problems = check_objects(cfg)
     if problems:
-        raise ConfigError("\n\n".join(origins.explain(p) for p in problems))
+        head = f"{len(problems)} problems in the config:\n\n" if len(problems) > 1 else ""
+        raise ConfigError(head + "\n\n".join(origins.explain(p) for p in problems))
 
 
 # ---------------------------------------------------------------------------------------
@@ -504,7 +505,7 @@ class Origins:
 
     def explain(self, p: Problem) -> str:
         value = p.value if isinstance(p.value, str) and p.value == "???" else repr(p.value)
-        return f"Config error: `{p.path}` = {value} {p.reason.rstrip('.')}. It came from {self(p.path)}; fix it there."
+        return f"`{p.path}` = {value} {p.reason.rstrip('.')}. It came from {self(p.path)}; fix it there."
 
     def attribute(self, error: UserError) -> UserError:
         """The same error with where its key came from, when the message starts with `key=value`."""

@@ -20,8 +20,10 @@ import pytest
 import torch
 from PIL import Image
 
+from mnist_lab.errors import ConfigError
 from mnist_lab.models import CNN
-from tests.conftest import MNIST_DIR, TINY
+from mnist_lab.schema import Origins, validate
+from tests.conftest import MNIST_DIR, TINY, compose_config
 from tests.test_reliability import run_main
 
 FINISHED = "{finished}"  # placeholders filled in per case
@@ -180,3 +182,22 @@ def test_the_battery_covers_every_kind_of_input():
     kinds = {c[1] for c in CASES}
     assert len(CASES) >= 20 and {"train", "resume", "predict"} <= kinds
     assert len({c[0] for c in CASES}) == len(CASES)
+
+
+def test_errors_name_where_a_value_came_from():
+    origin = Origins([], {"experiment": "seed_baseline", "model": "cnn", "data": "mnist", "data/augment": "affine"})
+    assert origin("trainer.max_epochs") == "the experiment file experiments/seed_baseline.yaml"
+    assert origin("model.hidden") == "the config group file conf/model/cnn.yaml"
+    assert origin("data.augment.degrees") == "the config group file conf/data/augment/affine.yaml"
+    assert origin("channels_last") == "conf/config.yaml"
+    origin = Origins(["model=mlp", "model.dropout=0.5"], {"model": "mlp"})
+    assert origin("model.dropout") == "the command-line override `model.dropout=0.5`"
+    assert origin("model.hidden1") == "the config group file conf/model/mlp.yaml, chosen by the command-line override `model=mlp`"
+
+
+def test_several_problems_are_reported_together():
+    cfg = compose_config(["data.batch_size=0", "optimizer.lr=-1", "+trainer.max_epoch=3"])
+    with pytest.raises(ConfigError) as info:
+        validate(cfg, overrides=[], choices={})
+    paragraphs = str(info.value).split("\n\n")
+    assert paragraphs[0] == "3 problems in the config:" and len(paragraphs) == 4

@@ -64,6 +64,17 @@ class SelfSignal(pl.Callback):
             os.kill(os.getpid(), self.signum)
 
 
+class Crash(pl.Callback):
+    """Test helper: raises after training step `at_step`, as a crash would (no checkpoint of its own)."""
+
+    def __init__(self, at_step: int) -> None:
+        self.at_step = at_step
+
+    def on_train_batch_end(self, trainer, *args) -> None:
+        if trainer.global_step == self.at_step:
+            raise RuntimeError(f"crash at step {self.at_step}")
+
+
 def run_main(*args: str) -> int:
     """`python -m mnist_lab args` in this process (no interpreter start-up); returns the exit status."""
     from mnist_lab.__main__ import cli
@@ -268,3 +279,19 @@ def test_resume_argv_runs_the_saved_config_in_place(tmp_path):
     assert f"hydra.run.dir='{tmp_path}'" in argv and argv[-1] == "trainer.max_epochs=5"
     assert f"ckpt_path='{tmp_path}/checkpoints/last.ckpt'" in argv
     assert resume_argv(["prog", "model=mlp"]) == ["prog", "model=mlp"]
+
+
+def test_fine_tune_state_survives_a_mid_epoch_resume(tmp_path):
+    # Gradual unfreezing: epoch 0 trains the head only, epoch 1 also fc1. The crash lands in
+    # epoch 1 (8 steps per epoch), where Lightning skips on_train_epoch_start on resume.
+    run = [*TINY, "data.train_size=512", "trainer.max_epochs=2", "finetune=gradual_unfreeze", "test=false", "logger=none"]
+    train(compose_config([*run, "checkpoint_every_n_steps=3"], tmp_path / "reference"))
+    crashed = tmp_path / "crashed"
+    crash = ["+callbacks.crash._target_=tests.test_reliability.Crash", "+callbacks.crash.at_step=11"]
+    with pytest.raises(RuntimeError, match="crash at step 11"):
+        train(compose_config([*run, "checkpoint_every_n_steps=3", *crash], crashed))
+    assert torch.load(crashed / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 9
+    train(compose_config([*run, f"ckpt_path={crashed}/checkpoints/last.ckpt"], crashed))
+    a, b = weights(crashed / "checkpoints" / "last.ckpt"), weights(tmp_path / "reference" / "checkpoints" / "last.ckpt")
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
