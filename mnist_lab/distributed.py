@@ -17,9 +17,10 @@ import subprocess
 import sys
 import warnings
 from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
+from lightning_fabric.utilities.distributed import _set_num_threads_if_needed
 from pytorch_lightning.strategies import DDPStrategy as _LightningDDP
 from pytorch_lightning.strategies.launchers.subprocess_script import _SubprocessScriptLauncher
 
@@ -48,6 +49,17 @@ class DDPStrategy(_LightningDDP):
 
 
 class _JobLauncher(_SubprocessScriptLauncher):
+    def launch(self, function: Callable, *args: Any, trainer: Any = None, **kwargs: Any) -> Any:
+        # Lightning's own, without its process observer: that SIGKILLs this process as soon as
+        # a rank exits non-zero, which in a sweep kills every later job when one job fails on
+        # all ranks. Here the ranks fail together, rank 0 records the error, and isolated_job()
+        # reaps (or kills) the other ranks before the next job.
+        self.cluster_environment.validate_settings(num_devices=self.num_processes, num_nodes=self.num_nodes)
+        if not self.cluster_environment.creates_processes_externally:
+            self._call_children_scripts()
+        _set_num_threads_if_needed(num_processes=self.num_processes)
+        return function(*args, **kwargs)
+
     def _call_children_scripts(self) -> None:
         # Lightning's own, with the command of this job (Lightning's re-runs sys.argv).
         self._check_can_spawn_children()
