@@ -10,6 +10,7 @@ import torch
 from hydra.utils import instantiate
 
 from mnist_lab import CONF_DIR, ROOT_DIR
+from mnist_lab.schema import validate
 from tests.conftest import compose_config
 
 GROUPS = ["model", "optimizer", "scheduler", "data", "finetune", "trainer", "logger", "callbacks"]
@@ -24,6 +25,7 @@ def test_every_group_has_choices():
 
 def instantiate_run_objects(cfg, tmp_path):
     """Instantiate every part of a composed config the way train() does."""
+    validate(cfg, overrides=[], choices={})  # the schema train() checks first accepts every shipped config
     net = instantiate(cfg.model)
     assert net(torch.zeros(2, 1, 28, 28)).shape == (2, cfg.data.num_classes)
     optimizer = instantiate(cfg.optimizer)(net.parameters())
