@@ -87,10 +87,14 @@ def job_command(local_rank: int) -> tuple[list[str], str]:
             "command line, start the processes yourself with torchrun, or use trainer=cpu / trainer=gpu."
         )
     hc = HydraConfig.get()
+    # The job's own primary config: conf/, or a resumed run's saved .hydra/ (mnist_lab/resume.py).
+    main = next((s for s in hc.runtime.config_sources if s.provider == "main" and s.schema == "file"), None)
     command = [
         sys.executable,
         "-m",
         "mnist_lab",
+        *([f"--config-path={main.path}"] if main is not None else []),
+        f"--config-name={hc.job.config_name}",
         *hc.overrides.task,
         # "++": rank 0 made this directory already; `python -m mnist_lab` refuses a plain
         # hydra.run.dir= that holds a run (mnist_lab/resume.py), which is right for users only.
