@@ -14,6 +14,7 @@ from torchmetrics import MaxMetric, MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 from mnist_lab.errors import UserError
+from mnist_lab.finetune import FineTune
 
 
 class NonFiniteLossError(UserError):
@@ -30,6 +31,8 @@ class Classifier(pl.LightningModule):
         scheduler_interval: "epoch" or "step": when the scheduler steps.
         num_classes: for the accuracy metrics.
         channels_last: run the network in channels_last memory format (faster convs on CPU).
+        finetune: which layer groups train when and at which lr (mnist_lab/finetune.py), or
+            None: every parameter trains in one param group.
     """
 
     def __init__(
@@ -40,9 +43,13 @@ class Classifier(pl.LightningModule):
         scheduler_interval: str = "epoch",
         num_classes: int = 10,
         channels_last: bool = False,
+        finetune: FineTune | None = None,
     ) -> None:
         super().__init__()
         self.net = net
+        self.finetune = finetune
+        if finetune is not None:
+            finetune.bind(net)  # unknown group names fail here, before any data is loaded
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.scheduler_interval = scheduler_interval
         self.channels_last = channels_last
@@ -85,14 +92,6 @@ class Classifier(pl.LightningModule):
             self._loss_sum, self._loss_count = None, 0
         return loss
 
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        # The unlogged part of the train/loss window: a run resumed mid-window logs the same mean.
-        checkpoint["train_loss_window"] = {"sum": self._loss_sum, "count": self._loss_count}
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        window = checkpoint.get("train_loss_window", {"sum": None, "count": 0})
-        self._loss_sum, self._loss_count = window["sum"], window["count"]
-
     def _evaluate(self, batch, acc: MulticlassAccuracy, loss_metric: MeanMetric) -> torch.Tensor:
         x, y = batch
         logits = self(x)
@@ -110,6 +109,8 @@ class Classifier(pl.LightningModule):
             {"val/acc": acc, "val/loss": self.val_loss.compute(), "val/acc_best": self.val_acc_best.compute()},
             prog_bar=True,
         )
+        if self.finetune is not None and not self.trainer.sanity_checking:
+            self.finetune.observe(self.current_epoch, {"val/acc": acc.item(), "val/loss": self.val_loss.compute().item()})
         self.val_acc.reset()
         self.val_loss.reset()
 
@@ -122,9 +123,39 @@ class Classifier(pl.LightningModule):
         self.test_acc.reset()
         self.test_loss.reset()
 
+    # Fine-tuning hooks: the strategy sets requires_grad and frozen batch-norm modes for each
+    # epoch, and its plateau events travel in the checkpoint so a resumed run keeps its state.
+    def on_train_start(self) -> None:
+        # A run resumed mid-epoch gets no on_train_epoch_start (Lightning skips it when
+        # restarting mid-epoch): the epoch's frozen groups are applied here as well.
+        if self.finetune is not None:
+            self.finetune.apply(self.net, self.current_epoch)
+
+    def on_train_epoch_start(self) -> None:
+        if self.finetune is not None:
+            frozen = self.finetune.apply(self.net, self.current_epoch)
+            self.log("finetune/frozen_groups", float(len(frozen)), on_step=False, on_epoch=True)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self.finetune is not None:
+            checkpoint["finetune"] = self.finetune.state_dict()
+        # The unlogged part of the train/loss window: a run resumed mid-window logs the same mean.
+        checkpoint["train_loss_window"] = {"sum": self._loss_sum, "count": self._loss_count}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self.finetune is not None and "finetune" in checkpoint:
+            self.finetune.load_state_dict(checkpoint["finetune"])
+        window = checkpoint.get("train_loss_window", {"sum": None, "count": 0})
+        self._loss_sum, self._loss_count = window["sum"], window["count"]
+
     def configure_optimizers(self):
-        params = [p for p in self.parameters() if p.requires_grad]
-        optimizer = self.optimizer_factory(params)
+        if self.finetune is None:
+            optimizer = self.optimizer_factory([p for p in self.parameters() if p.requires_grad])
+        else:  # one param group per layer group, frozen ones included (see mnist_lab/finetune.py)
+            base_lr = getattr(self.optimizer_factory, "keywords", {}).get("lr")
+            if base_lr is None:
+                base_lr = inspect.signature(self.optimizer_factory).parameters["lr"].default
+            optimizer = self.optimizer_factory(self.finetune.param_groups(self.net, base_lr))
         if self.scheduler_factory is None:
             return optimizer
         kwargs = {}
@@ -133,5 +164,7 @@ class Classifier(pl.LightningModule):
             self.scheduler_factory, "keywords", {}
         ):
             kwargs["total_steps"] = int(self.trainer.estimated_stepping_batches)
+        if self.finetune is not None:
+            kwargs.update(self.finetune.scheduler_kwargs(self.scheduler_factory, optimizer))
         scheduler = self.scheduler_factory(optimizer, **kwargs)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": self.scheduler_interval}}

@@ -28,6 +28,7 @@ def instantiate_run_objects(cfg, tmp_path):
     validate(cfg, overrides=[], choices={})  # the schema train() checks first accepts every shipped config
     net = instantiate(cfg.model)
     assert net(torch.zeros(2, 1, 28, 28)).shape == (2, cfg.data.num_classes)
+    instantiate(cfg.finetune).bind(net)  # the strategy's layer groups exist in the model
     optimizer = instantiate(cfg.optimizer)(net.parameters())
     scheduler = instantiate(cfg.scheduler.scheduler)
     if scheduler is not None:

@@ -1,0 +1,355 @@
+"""Fine-tuning: start from pretrained weights and decide which layer groups train when.
+
+A strategy (conf/finetune/*.yaml) is data: which of the model's layer groups (`group_names`,
+e.g. conv1, conv2, fc1, head) are frozen at the start, at which epoch each one unfreezes
+(or on a validation plateau), and each group's learning-rate multiplier. `FineTune` applies
+it with one mechanism that avoids what breaks elsewhere:
+
+- The optimizer gets one param group per layer group from the start, frozen ones included,
+  each at its final learning rate. Freezing is `requires_grad=False`: the gradient stays
+  None, so SGD/Adam/AdamW skip the parameter entirely (no momentum or weight-decay drift:
+  frozen weights stay bit-for-bit equal). Unfreezing only flips `requires_grad`, so the
+  number of param groups never changes: LR schedulers keep their per-group state and a
+  checkpoint's optimizer state always loads.
+- Batch-norm layers of frozen groups run in eval mode (their running statistics stay
+  fixed) unless `train_frozen_bn` is set; re-applied at every training epoch start.
+- The frozen set is a function of (strategy, epoch, recorded plateau events); the events
+  and the plateau tracker are saved in the Lightning checkpoint, so a resumed run continues
+  with the same state as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import pytorch_lightning as pl
+import torch
+from torch import nn
+
+from mnist_lab.errors import ConfigError, UserError
+from mnist_lab.utils import write_json
+
+log = logging.getLogger(__name__)
+
+# Param group of the parameters that belong to no named layer group (models without
+# group_names, or extra parameters outside the groups): always trained, multiplier 1.
+OTHER = "other"
+
+
+class CheckpointError(UserError):
+    """A pretrained checkpoint that is missing, unreadable or does not fit the model."""
+
+
+class FineTune:
+    """A fine-tuning strategy: pretrained weights, frozen groups, unfreeze schedule, group LRs.
+
+    Args:
+        checkpoint: a Lightning checkpoint or a plain state_dict file to start from, or null
+            (initial weights).
+        lr_scale: multiplies every group's learning rate (e.g. 0.1 to fine-tune gently).
+        frozen: layer groups frozen at the start.
+        unfreeze: {epoch: [groups]}: frozen groups that start training at that epoch (0-based).
+        group_lr: {group: multiplier} of the learning rate; groups not named get 1.
+        layer_decay: multiplier layer_decay**k for the group k places below the head
+            (discriminative learning rates); exclusive with group_lr.
+        on_plateau: unfreeze the next frozen group when the monitored validation metric has
+            not improved for `patience` validations: {monitor: val/acc, mode: max,
+            patience: 2, min_delta: 0.0, order: [groups]}; order defaults to the frozen groups
+            from the head down. null disables it.
+        train_frozen_bn: batch-norm layers of frozen groups keep updating their running
+            statistics (false: they run in eval mode and stay fixed).
+        unfrozen_lr_scale: extra learning-rate multiplier of groups that start frozen and
+            unfreeze later.
+    """
+
+    def __init__(
+        self,
+        checkpoint: str | None = None,
+        lr_scale: float = 1.0,
+        frozen: Sequence[str] = (),
+        unfreeze: Mapping[int, Sequence[str]] | None = None,
+        group_lr: Mapping[str, float] | None = None,
+        layer_decay: float | None = None,
+        on_plateau: Mapping[str, Any] | None = None,
+        train_frozen_bn: bool = False,
+        unfrozen_lr_scale: float = 1.0,
+    ) -> None:
+        if lr_scale <= 0 or unfrozen_lr_scale <= 0 or (layer_decay is not None and layer_decay <= 0):
+            raise ConfigError(
+                f"finetune.lr_scale={lr_scale}, unfrozen_lr_scale={unfrozen_lr_scale}, layer_decay={layer_decay}: "
+                "learning-rate multipliers must be > 0."
+            )
+        if group_lr and layer_decay is not None:
+            raise ConfigError(
+                "finetune sets both group_lr and layer_decay: they are two ways to give each group its learning "
+                "rate; keep one (set the other to null)."
+            )
+        self.checkpoint = None if checkpoint in (None, "") else str(checkpoint)
+        self.lr_scale, self.unfrozen_lr_scale = float(lr_scale), float(unfrozen_lr_scale)
+        self.frozen = list(frozen or ())
+        self.unfreeze = {int(e): list(gs) for e, gs in (unfreeze or {}).items()}
+        bad_epochs = [e for e in self.unfreeze if e < 1]
+        if bad_epochs:
+            raise ConfigError(
+                f"finetune.unfreeze has epoch {bad_epochs[0]}: epochs count from 0 and a group that trains from "
+                "epoch 0 is simply not frozen; use epochs >= 1 or drop the group from finetune.frozen."
+            )
+        self.group_lr = dict(group_lr or {})
+        self.layer_decay = layer_decay
+        self.on_plateau = _plateau_options(on_plateau)
+        self.train_frozen_bn = train_frozen_bn
+        # Filled by bind() and the plateau tracker; saved in checkpoints by state_dict().
+        self.group_names: tuple[str, ...] = ()
+        self.plateau_events: dict[int, str] = {}  # epoch from which the group trains -> group
+        self.best: float | None = None
+        self.bad_rounds = 0
+        self._applied: frozenset[str] | None = None
+
+    # ----- checking the strategy against the model --------------------------------------
+    def bind(self, net: nn.Module) -> None:
+        """Check every group the strategy names against `net.group_names` (ConfigError if unknown)."""
+        self.group_names = tuple(getattr(net, "group_names", ()))
+        named = {
+            "frozen": self.frozen,
+            "unfreeze": [g for gs in self.unfreeze.values() for g in gs],
+            "group_lr": list(self.group_lr),
+            "on_plateau.order": list(self.on_plateau["order"] or ()) if self.on_plateau else [],
+        }
+        for key, groups in named.items():
+            unknown = [g for g in groups if g not in self.group_names]
+            if unknown:
+                raise ConfigError(
+                    f"finetune.{key} names the layer group(s) {unknown}, but {type(net).__name__} has the groups "
+                    f"{list(self.group_names) or '(none: it declares no group_names)'}. Use those names "
+                    "(models declare them in mnist_lab/models.py)."
+                )
+        not_frozen = [g for g in named["unfreeze"] + named["on_plateau.order"] if g not in self.frozen]
+        if not_frozen:
+            raise ConfigError(
+                f"finetune unfreezes {not_frozen} (unfreeze / on_plateau.order), but only the groups in "
+                f"finetune.frozen ({self.frozen}) start frozen. Add them to finetune.frozen or remove them."
+            )
+        if self.on_plateau and self.on_plateau["order"] is None:  # head first, like ULMFiT
+            self.on_plateau["order"] = [g for g in reversed(self.group_names) if g in self.frozen]
+
+    def lr_multiplier(self, group: str) -> float:
+        """The factor between the optimizer's configured lr and this group's lr."""
+        m = self.lr_scale
+        if group in self.group_lr:
+            m *= self.group_lr[group]
+        elif self.layer_decay is not None and group in self.group_names:
+            depth = len(self.group_names) - 1 - self.group_names.index(group)  # head: 0
+            m *= self.layer_decay**depth
+        if group in self.frozen:
+            m *= self.unfrozen_lr_scale
+        return m
+
+    # ----- the optimizer ----------------------------------------------------------------
+    def param_groups(self, net: nn.Module, base_lr: float) -> list[dict[str, Any]]:
+        """One optimizer param group per layer group (named, at its final lr), frozen ones included.
+
+        A strategy that freezes nothing and gives every group the same lr (`none`, `full`) gets
+        one param group: exactly the optimizer a run without fine-tuning builds.
+        """
+        if not self.frozen and len({self.lr_multiplier(g) for g in self.group_names}) <= 1:
+            return [{"params": list(net.parameters()), "lr": base_lr * self.lr_scale}]
+        groups, seen = [], set()
+        for name in self.group_names:
+            params = list(getattr(net, name).parameters())
+            seen |= {id(p) for p in params}
+            groups.append({"params": params, "name": name, "lr": base_lr * self.lr_multiplier(name)})
+        rest = [p for p in net.parameters() if id(p) not in seen]
+        if rest:
+            groups.append({"params": rest, "name": OTHER, "lr": base_lr * self.lr_scale})
+        return [g for g in groups if g["params"]]
+
+    def scheduler_kwargs(self, scheduler_factory: Callable[..., Any], optimizer: torch.optim.Optimizer) -> dict:
+        """Per-group values for schedulers that take absolute learning rates (OneCycleLR's max_lr).
+
+        Most schedulers scale each group's own initial lr, so the multipliers survive them.
+        OneCycleLR and CyclicLR instead set every group to one configured max_lr/base_lr; a
+        list of per-group values keeps the multipliers.
+        """
+        keywords = getattr(scheduler_factory, "keywords", {})
+        base = optimizer.defaults["lr"]
+        out = {}
+        for key in ("max_lr", "base_lr"):
+            if isinstance(keywords.get(key), (int, float)):
+                out[key] = [keywords[key] * g["lr"] / base for g in optimizer.param_groups]
+        return out
+
+    # ----- the schedule -----------------------------------------------------------------
+    def frozen_at(self, epoch: int) -> frozenset[str]:
+        """The groups frozen during `epoch`: a function of the config and the plateau events."""
+        thawed = {g for e, gs in self.unfreeze.items() if e <= epoch for g in gs}
+        thawed |= {g for e, g in self.plateau_events.items() if e <= epoch}
+        return frozenset(g for g in self.frozen if g not in thawed)
+
+    def apply(self, net: nn.Module, epoch: int) -> frozenset[str]:
+        """Set requires_grad and batch-norm modes for `epoch`; log groups that unfreeze."""
+        frozen = self.frozen_at(epoch)
+        if self._applied is not None and frozen != self._applied:
+            thawed = sorted(self._applied - frozen, key=self.group_names.index)
+            log.info("Fine-tune, epoch %d: unfreezing %s (lr x%s)", epoch, thawed, [self.lr_multiplier(g) for g in thawed])
+        for name in self.group_names:
+            module = getattr(net, name)
+            for p in module.parameters():
+                p.requires_grad_(name not in frozen)
+            if name in frozen and not self.train_frozen_bn:
+                for m in module.modules():
+                    if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                        m.eval()
+        self._applied = frozen
+        return frozen
+
+    def observe(self, epoch: int, metrics: Mapping[str, float]) -> None:
+        """Feed one validation result to the plateau rule; may schedule the next unfreeze."""
+        if not self.on_plateau:
+            return
+        opts = self.on_plateau
+        if opts["monitor"] not in metrics:
+            raise ConfigError(
+                f"finetune.on_plateau.monitor={opts['monitor']} is not a validation metric; use one of "
+                f"{sorted(metrics)}."
+            )
+        value = float(metrics[opts["monitor"]])
+        sign = 1.0 if opts["mode"] == "max" else -1.0
+        if self.best is None or sign * (value - self.best) > opts["min_delta"]:
+            self.best, self.bad_rounds = value, 0
+            return
+        self.bad_rounds += 1
+        still_frozen = [g for g in opts["order"] if g in self.frozen_at(epoch + 1)]
+        if self.bad_rounds >= opts["patience"] and still_frozen:
+            self.plateau_events[epoch + 1] = still_frozen[0]
+            self.bad_rounds = 0
+            log.info(
+                "Fine-tune: %s has not improved for %d validation(s) (best %.4f); %s unfreezes at epoch %d",
+                opts["monitor"], opts["patience"], self.best, still_frozen[0], epoch + 1,
+            )
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"plateau_events": dict(self.plateau_events), "best": self.best, "bad_rounds": self.bad_rounds}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.plateau_events = {int(e): g for e, g in state["plateau_events"].items()}
+        self.best, self.bad_rounds = state["best"], state["bad_rounds"]
+        self._applied = None
+
+
+def _plateau_options(on_plateau: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    if not on_plateau:
+        return None
+    defaults = {"monitor": "val/acc", "mode": "max", "patience": 2, "min_delta": 0.0, "order": None}
+    unknown = sorted(set(on_plateau) - set(defaults))
+    if unknown:
+        raise ConfigError(f"finetune.on_plateau has unknown key(s) {unknown}; the keys are {sorted(defaults)}.")
+    opts = {**defaults, **on_plateau}
+    if opts["mode"] not in ("max", "min") or int(opts["patience"]) < 1 or opts["min_delta"] < 0:
+        raise ConfigError(
+            f"finetune.on_plateau has mode={opts['mode']}, patience={opts['patience']}, min_delta={opts['min_delta']}: "
+            "mode must be max or min, patience >= 1 and min_delta >= 0."
+        )
+    opts["order"] = None if opts["order"] is None else list(opts["order"])
+    return opts
+
+
+# ----- pretrained weights ---------------------------------------------------------------
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """The network weights in a Lightning checkpoint or a plain state_dict file, keys without `net.`."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(
+            f"finetune.checkpoint={path} does not exist. Point it at a run's checkpoints/*.ckpt or a state_dict "
+            "file; `python -m mnist_lab experiment=pretrain_mnist` writes checkpoints/pretrained/mnist_cnn.pt."
+        )
+    try:
+        # weights_only: a checkpoint is data; refusing pickled code keeps a bad file harmless.
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated file, pickle of another kind, not a torch file at all
+        raise CheckpointError(
+            f"finetune.checkpoint={path} cannot be read as a PyTorch checkpoint ({type(e).__name__}: "
+            f"{str(e).splitlines()[0] if str(e) else ''}). Use a .ckpt written by mnist_lab or a torch.save'd "
+            "state_dict."
+        ) from e
+    state = obj.get("state_dict", obj) if isinstance(obj, dict) else None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(
+            f"finetune.checkpoint={path} holds no state_dict (a mapping of parameter names to tensors). Use a "
+            ".ckpt written by mnist_lab or a torch.save'd model.state_dict()."
+        )
+    if any(k.startswith("net.") for k in state):  # a Classifier's checkpoint: the network is `net`
+        state = {k[4:]: v for k, v in state.items() if k.startswith("net.")}
+    return state
+
+
+def load_pretrained(net: nn.Module, path: str | Path) -> list[str]:
+    """Load `path` into `net`; a head of another size stays freshly initialised. Returns those keys.
+
+    Raises CheckpointError, before any training, listing every missing, unexpected or
+    mismatched parameter with its shapes, when anything but the head does not fit.
+    """
+    state = read_state_dict(path)
+    own = net.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    mismatched = [k for k in own if k in state and state[k].shape != own[k].shape]
+    head = [k for k in mismatched if k.startswith("head.")]
+    mismatched = [k for k in mismatched if k not in head]
+    if missing or unexpected or mismatched:
+        lines = [f"{k}: checkpoint {tuple(state[k].shape)}, model {tuple(own[k].shape)}" for k in mismatched]
+        lines += [f"{k}: missing from the checkpoint (model {tuple(own[k].shape)})" for k in missing]
+        lines += [f"{k}: in the checkpoint {tuple(state[k].shape)}, not in the model" for k in unexpected]
+        raise CheckpointError(
+            f"finetune.checkpoint={path} does not fit {type(net).__name__}: " + "; ".join(lines) + ". Use the "
+            "model config the checkpoint was trained with (model=..., model.batch_norm=..., widths), or another "
+            "checkpoint."
+        )
+    if head:
+        log.warning(
+            "Fine-tune: the checkpoint's head has shape %s, the model's %s (another number of classes): "
+            "the head is re-initialised, every other layer loaded from %s",
+            tuple(state[head[0]].shape), tuple(own[head[0]].shape), path,
+        )
+    net.load_state_dict({k: v for k, v in state.items() if k not in head}, strict=False)
+    return head
+
+
+class ExportWeights(pl.Callback):
+    """At the end of fit, save the best checkpoint's network as a plain state_dict at a stable path.
+
+    Refuses (before training) to replace an existing file unless `overwrite`, so a rerun
+    never silently replaces weights that fine-tuning runs were made from.
+
+    Args:
+        path: where the state_dict goes (a `.json` beside it records its origin).
+        overwrite: replace an existing file.
+    """
+
+    def __init__(self, path: str, overwrite: bool = False) -> None:
+        self.path, self.overwrite = Path(path), overwrite
+
+    def on_fit_start(self, trainer, pl_module) -> None:
+        if self.path.exists() and not self.overwrite and trainer.ckpt_path is None:
+            raise ConfigError(
+                f"{self.path} already exists (see {self.path.with_suffix('.json')} for the run it came from): "
+                "refusing to replace it. Move it away, or pass callbacks.export_weights.overwrite=true, or "
+                "callbacks.export_weights.path=<another file>."
+            )
+
+    def on_fit_end(self, trainer, pl_module) -> None:
+        if not trainer.is_global_zero:
+            return
+        ckpt = trainer.checkpoint_callback
+        best = ckpt.best_model_path if ckpt is not None and ckpt.best_model_path else None
+        state = read_state_dict(best) if best else {k: v.cpu() for k, v in pl_module.net.state_dict().items()}
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(f".{self.path.name}.tmp")
+        torch.save(state, tmp)
+        tmp.replace(self.path)  # atomic: a kill leaves the old file or the new one
+        score = None if ckpt is None or ckpt.best_model_score is None else float(ckpt.best_model_score)
+        origin = {"checkpoint": best, "val/acc": None if score is None or math.isnan(score) else score}
+        write_json(self.path.with_suffix(".json"), origin)
+        log.info("Exported the network weights of %s to %s", best or "the last epoch", self.path)

@@ -1,0 +1,212 @@
+"""Target tasks for fine-tuning, brought into MNIST's form: uint8 (N, 1, 28, 28), white ink on black.
+
+Each class here is a *source* (`load() -> Splits`, see mnist_lab/data.py) for
+`DigitsDataModule`. `UCIDigitsSource` reads the 8x8 UCI digits that scikit-learn ships
+(offline). `TorchvisionSource` takes any torchvision dataset class: local files first, then
+a download; a new torchvision dataset is a YAML file (see conf/data/usps.yaml).
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from mnist_lab.data import Splits
+from mnist_lab.errors import ConfigError, DataError
+
+# ITU-R 601 luma weights: what PIL's convert("L") uses for RGB -> grey.
+_LUMA = (0.299, 0.587, 0.114)
+# Images converted per chunk: SVHN's 73k RGB 32x32 images as float would take ~900 MB at once.
+_CHUNK = 8192
+
+
+def to_mnist_form(images: torch.Tensor, box: int = 28, center: bool = False, polarity: str = "keep") -> torch.Tensor:
+    """(N, C, H, W) uint8 or [0, 1] float images -> (N, 1, 28, 28) uint8, white ink on black.
+
+    Args:
+        images: any size and channel count (3 channels are read as RGB).
+        box: the image is resized to box x box (antialiased bilinear) and placed in the
+            middle of the 28x28 frame (MNIST fits its digits into a 20x20 box).
+        center: then shift each image by whole pixels so its centre of mass is at the frame's
+            centre, as MNIST does (the shift keeps the box inside the frame).
+        polarity: "keep", "invert" (dark ink on light ground), or "auto": per image, invert
+            when the border is brighter than the image's mean (the ground is light).
+    """
+    if polarity not in ("keep", "invert", "auto"):
+        raise ConfigError(f"polarity={polarity!r}: use keep, invert or auto.")
+    if not 1 <= box <= 28:
+        raise ConfigError(f"box={box}: the digit box must fit the 28x28 frame (1..28).")
+    out = []
+    for chunk in images.split(_CHUNK):
+        x = chunk.float() / 255 if chunk.dtype == torch.uint8 else chunk.float()
+        if x.shape[1] == 3:
+            x = sum(w * x[:, i : i + 1] for i, w in enumerate(_LUMA))
+        elif x.shape[1] != 1:
+            raise DataError(f"Images with {x.shape[1]} channels: expected 1 (grey) or 3 (RGB).")
+        if polarity == "invert":
+            x = 1 - x
+        elif polarity == "auto":
+            border = torch.cat([x[..., :2, :].flatten(1), x[..., -2:, :].flatten(1), x[..., :, :2].flatten(1),
+                                x[..., :, -2:].flatten(1)], 1).mean(1)
+            light = (border > x.flatten(1).mean(1)).view(-1, 1, 1, 1)
+            x = torch.where(light, 1 - x, x)
+        if x.shape[-2:] != (box, box):
+            x = F.interpolate(x, size=(box, box), mode="bilinear", antialias=True, align_corners=False)
+        margin = (28 - box) // 2
+        x = F.pad(x, (margin, 28 - box - margin, margin, 28 - box - margin))  # (n, 1, 28, 28)
+        if center:
+            x = _center_of_mass_shift(x, limit=margin)
+        out.append(x.mul(255).round_().clamp_(0, 255).to(torch.uint8))
+    return torch.cat(out) if out else torch.zeros(0, 1, 28, 28, dtype=torch.uint8)
+
+
+def _center_of_mass_shift(x: torch.Tensor, limit: int) -> torch.Tensor:
+    """Shift each (1, 28, 28) image by whole pixels (at most `limit`) to centre its mass."""
+    mass = x.sum((1, 2, 3)).clamp_min(1e-8)
+    coords = torch.arange(28, dtype=x.dtype) + 0.5  # pixel centres; the frame's centre is 14
+    cy = (x.sum((1, 3)) * coords).sum(1) / mass
+    cx = (x.sum((1, 2)) * coords).sum(1) / mass
+    dy = (14 - cy).round().clamp(-limit, limit).long()
+    dx = (14 - cx).round().clamp(-limit, limit).long()
+    # Whole-pixel shifts as a gather: exact (no resampling), one op for the whole batch.
+    src_r = torch.arange(28).view(1, 28) - dy.view(-1, 1)  # (n, 28): the row each output row reads
+    src_c = torch.arange(28).view(1, 28) - dx.view(-1, 1)
+    shifted = x[torch.arange(len(x)).view(-1, 1, 1), 0, src_r.clamp(0, 27).unsqueeze(2), src_c.clamp(0, 27).unsqueeze(1)]
+    # Pixels that come from outside the frame are background (the clamp repeated the edge).
+    inside = ((src_r >= 0) & (src_r < 28)).unsqueeze(2) & ((src_c >= 0) & (src_c < 28)).unsqueeze(1)
+    return (shifted * inside).unsqueeze(1)
+
+
+def stratified_split(labels: torch.Tensor, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Indices (rest, held out) with round(fraction * count) of every class held out, seeded."""
+    g = torch.Generator().manual_seed(seed)
+    order = torch.randperm(len(labels), generator=g)
+    held = []
+    for c in labels.unique():
+        of_class = order[labels[order] == c]
+        held.append(of_class[: round(fraction * len(of_class))])
+    held_out = torch.cat(held).sort().values
+    mask = torch.ones(len(labels), dtype=torch.bool)
+    mask[held_out] = False
+    return mask.nonzero().flatten(), held_out
+
+
+class UCIDigitsSource:
+    """The 1,797 UCI optical-recognition digits (8x8, 0..16) that scikit-learn ships, as MNIST.
+
+    Each 8x8 image (ink high, like MNIST) is scaled into a 20x20 box in the 28x28 frame and
+    shifted so its centre of mass is at the centre, as MNIST was made.
+
+    Args:
+        test_fraction: share of every class held out as the test split.
+        split_seed: seeds the train/test split (the test set stays fixed when only the
+            training seed or data.split_seed changes).
+        box: the digit's box in the 28x28 frame.
+    """
+
+    def __init__(self, test_fraction: float = 0.2, split_seed: int = 0, box: int = 20) -> None:
+        if not 0 < test_fraction < 1:
+            raise ConfigError(f"data.source.test_fraction={test_fraction}: it must be between 0 and 1.")
+        self.test_fraction, self.split_seed, self.box = test_fraction, split_seed, box
+
+    def load(self) -> Splits:
+        from sklearn.datasets import load_digits  # ships the data file: no download
+
+        digits = load_digits()
+        images = torch.as_tensor(digits.images, dtype=torch.float32).unsqueeze(1) / 16  # (1797, 1, 8, 8) in [0, 1]
+        labels = torch.as_tensor(digits.target, dtype=torch.int64)
+        x = to_mnist_form(images, box=self.box, center=True)  # (1797, 1, 28, 28) uint8
+        train, test = stratified_split(labels, self.test_fraction, self.split_seed)
+        return Splits(x[train], labels[train], x[test], labels[test])
+
+
+class TorchvisionSource:
+    """Any torchvision dataset class as uint8 (N, 1, 28, 28): its local files first, then a download.
+
+    Args:
+        dataset: import path of the class, e.g. torchvision.datasets.USPS.
+        root: the directory passed to it (torchvision's own layout below it).
+        args: keyword arguments for both splits (e.g. {split: digits} for EMNIST).
+        train_args: keyword arguments selecting the training split ({train: true}, or {split: train}).
+        test_args: the same for the test split.
+        download: download when the local files are missing.
+        transpose: swap height and width (EMNIST stores its images transposed).
+        box, center, polarity: how the images are brought to MNIST's form (see to_mnist_form).
+        label_offset: subtracted from every label (EMNIST letters count from 1).
+    """
+
+    def __init__(
+        self,
+        dataset: str,
+        root: str,
+        args: Mapping[str, Any] | None = None,
+        train_args: Mapping[str, Any] | None = None,
+        test_args: Mapping[str, Any] | None = None,
+        download: bool = True,
+        transpose: bool = False,
+        box: int = 28,
+        center: bool = False,
+        polarity: str = "keep",
+        label_offset: int = 0,
+    ) -> None:
+        self.dataset, self.root = dataset, Path(root)
+        self.args = dict(args or {})
+        self.train_args = dict(train_args if train_args is not None else {"train": True})
+        self.test_args = dict(test_args if test_args is not None else {"train": False})
+        self.download, self.transpose = download, transpose
+        self.box, self.center, self.polarity, self.label_offset = box, center, polarity, label_offset
+
+    def _open(self, split_args: Mapping[str, Any]):
+        module_name, _, class_name = self.dataset.rpartition(".")
+        try:
+            cls = getattr(importlib.import_module(module_name), class_name)
+        except (ImportError, AttributeError, ValueError) as e:
+            raise ConfigError(f"data.source.dataset={self.dataset} is not an importable dataset class ({e}).") from e
+        kwargs = {**self.args, **split_args}
+        try:
+            return cls(root=str(self.root), download=False, **kwargs)
+        except (RuntimeError, OSError) as e:  # torchvision: "Dataset not found or corrupted"
+            local_error = e
+        if not self.download:
+            reason = f"downloading is disabled (data.source.download: false); {class_name} said: {local_error}"
+        else:
+            try:
+                return cls(root=str(self.root), download=True, **kwargs)
+            except Exception as e:  # no network, a moved mirror, a full disk: all end the same
+                reason = f"downloading it failed ({type(e).__name__}: {e})"
+        raise DataError(
+            f"{class_name} ({kwargs}) is not in {self.root}, and {reason}. Run once with internet access (it "
+            f"downloads into {self.root}), or copy the dataset's files there in torchvision's layout, or point "
+            "data.source.root at a directory that holds them."
+        )
+
+    def _arrays(self, ds) -> tuple[torch.Tensor, torch.Tensor]:
+        data = getattr(ds, "data", None)
+        targets = getattr(ds, "targets", None)
+        if targets is None:
+            targets = getattr(ds, "labels", None)
+        if data is None or targets is None:  # generic fallback: one item at a time (slow, any dataset)
+            items = [ds[i] for i in range(len(ds))]
+            data = np.stack([np.asarray(img) for img, _ in items])
+            targets = [t for _, t in items]
+        x = torch.as_tensor(np.asarray(data))
+        if x.ndim == 3:  # (N, H, W)
+            x = x.unsqueeze(1)
+        elif x.ndim == 4 and x.shape[-1] in (1, 3) and x.shape[1] not in (1, 3):  # (N, H, W, C), e.g. CIFAR
+            x = x.permute(0, 3, 1, 2)
+        if x.ndim != 4:
+            raise DataError(f"{self.dataset} gave images of shape {tuple(x.shape)}; expected (N, [C,] H, W).")
+        if self.transpose:
+            x = x.transpose(-1, -2)
+        y = torch.as_tensor(np.asarray(targets), dtype=torch.int64).flatten() - self.label_offset
+        return to_mnist_form(x, box=self.box, center=self.center, polarity=self.polarity), y
+
+    def load(self) -> Splits:
+        train_x, train_y = self._arrays(self._open(self.train_args))
+        test_x, test_y = self._arrays(self._open(self.test_args))
+        return Splits(train_x, train_y, test_x, test_y)

@@ -1,0 +1,284 @@
+"""Fine-tuning strategies: what trains when, at which lr, resume, pretrained weights."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import pytest
+import pytorch_lightning as pl
+import torch
+from hydra.utils import instantiate
+
+from mnist_lab import CONF_DIR
+from mnist_lab.data import DigitsDataModule, IDXSource, Splits
+from mnist_lab.errors import ConfigError
+from mnist_lab.finetune import CheckpointError, FineTune, load_pretrained
+from mnist_lab.models import CNN, MLP
+from mnist_lab.module import Classifier
+from mnist_lab.train import train
+from tests.conftest import MNIST_DIR, TINY, compose_config
+
+GROUPS = ("conv1", "conv2", "fc1", "head")
+# The groups that train in epoch 0 under each strategy of conf/finetune (the YAMLs' intent).
+TRAINS_AT_START = {
+    "none": set(GROUPS),
+    "full": set(GROUPS),
+    "discriminative_lr": set(GROUPS),
+    "freeze_conv": {"fc1", "head"},
+    "linear_probe": {"head"},
+    "gradual_unfreeze": {"head"},
+    "unfreeze_on_plateau": {"fc1", "head"},
+}
+
+
+class FixedSource:
+    """A source that returns the same in-memory splits every time."""
+
+    def __init__(self, s: Splits) -> None:
+        self.s = s
+
+    def load(self) -> Splits:
+        s = self.s
+        return Splits(s.train_x, s.train_y, s.test_x, s.test_y, s.val_x, s.val_y)
+
+
+class Recorder(pl.Callback):
+    """Weights before training and after every epoch; lrs and requires_grad as each epoch begins."""
+
+    def __init__(self) -> None:
+        self.states, self.lrs, self.trainable = [], [], []
+
+    def on_train_start(self, trainer, module) -> None:
+        self.states.append({k: v.clone() for k, v in module.net.state_dict().items()})
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:
+        if batch_idx == 0:  # after the module's on_train_epoch_start applied the strategy
+            self.lrs.append({g.get("name", "all"): g["lr"] for g in trainer.optimizers[0].param_groups})
+            self.trainable.append({g for g in GROUPS if all(p.requires_grad for p in getattr(module.net, g).parameters())})
+
+    def on_train_epoch_end(self, trainer, module) -> None:
+        self.states.append({k: v.clone() for k, v in module.net.state_dict().items()})
+
+
+def changed(before: dict, after: dict) -> set[str]:
+    """The layer groups with any tensor (weights or batch-norm statistics) not bit-for-bit equal."""
+    return {k.split(".")[0] for k in before if not torch.equal(before[k], after[k])}
+
+
+@pytest.fixture(scope="module")
+def small_mnist() -> Splits:
+    s = IDXSource(str(MNIST_DIR)).load()  # 256 train (4 batches of 64), 200 val, 200 test
+    return Splits(s.train_x[:256], s.train_y[:256], s.test_x[:200], s.test_y[:200], s.train_x[-200:], s.train_y[-200:])
+
+
+def fit(splits: Splits, strategy: str, *overrides: str, epochs: int = 1) -> tuple[Classifier, Recorder]:
+    cfg = compose_config([f"finetune={strategy}", "optimizer.lr=0.05", *overrides])
+    pl.seed_everything(0)
+    net = instantiate(cfg.model)
+    module = Classifier(
+        net, instantiate(cfg.optimizer), instantiate(cfg.scheduler.scheduler), cfg.scheduler.interval,
+        finetune=instantiate(cfg.finetune),
+    )
+    recorder = Recorder()
+    trainer = pl.Trainer(
+        accelerator="cpu", max_epochs=epochs, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        enable_model_summary=False, num_sanity_val_steps=0, callbacks=[recorder],
+    )
+    trainer.fit(module, datamodule=DigitsDataModule(FixedSource(splits), batch_size=64, eval_batch_size=200))
+    return module, recorder
+
+
+def test_every_strategy_yaml_has_an_expectation():
+    assert {p.stem for p in (CONF_DIR / "finetune").glob("*.yaml")} == set(TRAINS_AT_START)
+
+
+@pytest.mark.parametrize("strategy", sorted(TRAINS_AT_START))
+def test_strategy_trains_exactly_its_groups(small_mnist, strategy):
+    """requires_grad and the change after 4 SGD steps match the strategy; frozen BN stats stay fixed."""
+    _, rec = fit(small_mnist, strategy, "model.batch_norm=true", "optimizer.weight_decay=0.01")
+    expected = TRAINS_AT_START[strategy]
+    assert rec.trainable[0] == expected
+    # Frozen groups: weights, biases and batch-norm running statistics all bit-for-bit equal
+    # (weight decay 0.01 and momentum would move them if the optimizer touched them at all).
+    assert changed(rec.states[0], rec.states[1]) == expected
+
+
+def test_frozen_batch_norm_can_keep_updating_statistics(small_mnist):
+    _, rec = fit(small_mnist, "freeze_conv", "model.batch_norm=true", "finetune.train_frozen_bn=true")
+    before, after = rec.states
+    assert torch.equal(before["conv1.0.weight"], after["conv1.0.weight"])  # frozen weights
+    assert torch.equal(before["conv1.1.weight"], after["conv1.1.weight"])  # frozen BN affine
+    assert not torch.equal(before["conv1.1.running_mean"], after["conv1.1.running_mean"])  # statistics move
+
+
+def test_gradual_unfreeze_fires_at_its_epochs_and_schedulers_keep_working(small_mnist):
+    module, rec = fit(
+        small_mnist, "gradual_unfreeze", "scheduler=step", "scheduler.scheduler.step_size=1",
+        "scheduler.scheduler.gamma=0.5", epochs=4,
+    )
+    first_change = {g: min(e for e in range(4) if g in changed(rec.states[e], rec.states[e + 1])) for g in GROUPS}
+    assert first_change == {"head": 0, "fc1": 1, "conv2": 2, "conv1": 3}
+    assert rec.trainable == [{"head"}, {"head", "fc1"}, {"head", "fc1", "conv2"}, set(GROUPS)]
+    # The param groups never change; StepLR halves every group's lr each epoch, and groups
+    # that unfreeze keep their 0.1 multiplier (unfrozen_lr_scale) relative to the head.
+    for epoch, lrs in enumerate(rec.lrs):
+        assert list(lrs) == list(GROUPS)
+        assert lrs["head"] == pytest.approx(0.05 * 0.5**epoch)
+        for g in ("conv1", "conv2", "fc1"):
+            assert lrs[g] == pytest.approx(0.1 * lrs["head"])
+    assert len(module.trainer.optimizers[0].param_groups) == 4
+
+
+@pytest.mark.parametrize("scheduler", ["step", "cosine", "onecycle"])
+def test_discriminative_lr_multipliers_survive_schedulers(small_mnist, scheduler):
+    _, rec = fit(small_mnist, "discriminative_lr", f"scheduler={scheduler}", "trainer.max_epochs=2", epochs=2)
+    lrs = rec.lrs[-1]
+    assert lrs["head"] != pytest.approx(rec.lrs[0]["head"]) or scheduler == "step"  # the scheduler acts
+    for depth, g in enumerate(reversed(GROUPS)):
+        assert lrs[g] == pytest.approx(lrs["head"] * 0.5**depth)
+
+
+def test_explicit_group_lr(small_mnist):
+    _, rec = fit(small_mnist, "discriminative_lr", "finetune.layer_decay=null", "+finetune.group_lr.conv1=0.01")
+    assert rec.lrs[0] == pytest.approx({"conv1": 0.0005, "conv2": 0.05, "fc1": 0.05, "head": 0.05})
+
+
+def test_none_without_checkpoint_is_a_plain_run(small_mnist):
+    """finetune=none trains exactly as a Classifier without any fine-tuning strategy."""
+    module, rec = fit(small_mnist, "none")
+    assert len(module.trainer.optimizers[0].param_groups) == 1
+    pl.seed_everything(0)
+    plain = Classifier(CNN(), instantiate(compose_config(["optimizer.lr=0.05"]).optimizer))
+    trainer = pl.Trainer(accelerator="cpu", max_epochs=1, logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0)
+    trainer.fit(plain, datamodule=DigitsDataModule(FixedSource(small_mnist), batch_size=64, eval_batch_size=200))
+    for k, v in plain.net.state_dict().items():
+        assert torch.equal(v, rec.states[1][k]), k
+
+
+def test_plateau_unfreezes_the_next_group(small_mnist):
+    # min_delta 1.0: no validation ever counts as an improvement, so with patience 1 the
+    # first validation sets the reference and each later one unfreezes the next group.
+    module, rec = fit(small_mnist, "unfreeze_on_plateau", "finetune.on_plateau.patience=1",
+                      "finetune.on_plateau.min_delta=1.0", epochs=3)
+    assert module.finetune.plateau_events == {2: "conv2", 3: "conv1"}
+    assert rec.trainable == [{"fc1", "head"}, {"fc1", "head"}, {"conv2", "fc1", "head"}]
+    assert "conv2" not in changed(rec.states[1], rec.states[2]) and "conv2" in changed(rec.states[2], rec.states[3])
+
+
+# checkpoint_every_n_steps=4: last.ckpt after every epoch's 4 steps (ModelCheckpoint's
+# save_last only rewrites it when val/acc improves).
+RESUME = ["data.train_size=256", "logger=none", "test=false", "scheduler=step", "scheduler.scheduler.step_size=1",
+          "checkpoint_every_n_steps=4"]
+
+
+@pytest.mark.parametrize(
+    "strategy",
+    [
+        ["finetune=gradual_unfreeze", "optimizer=adam", "optimizer.lr=0.003"],
+        ["finetune=unfreeze_on_plateau", "finetune.on_plateau.patience=1", "finetune.on_plateau.min_delta=1.0"],
+    ],
+    ids=["gradual_unfreeze", "unfreeze_on_plateau"],
+)
+def test_resume_mid_schedule_equals_uninterrupted_run(tmp_path, strategy):
+    whole = compose_config([*TINY, *RESUME, *strategy, "trainer.max_epochs=3"], tmp_path / "whole")
+    train(whole)
+    first = compose_config([*TINY, *RESUME, *strategy, "trainer.max_epochs=2"], tmp_path / "split")
+    train(first)
+    last = tmp_path / "split" / "checkpoints" / "last.ckpt"
+    halfway = torch.load(last, weights_only=True)
+    resumed = compose_config(
+        [*TINY, *RESUME, *strategy, "trainer.max_epochs=3", f"ckpt_path={last}"], tmp_path / "resumed"
+    )
+    train(resumed)
+    a = torch.load(tmp_path / "whole" / "checkpoints" / "last.ckpt", weights_only=True)
+    b = torch.load(tmp_path / "resumed" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert (a["epoch"], a["global_step"]) == (b["epoch"], b["global_step"]) and a["global_step"] == 12
+    for k, v in a["state_dict"].items():
+        assert torch.equal(v, b["state_dict"][k]), k
+    assert a["finetune"] == b["finetune"]
+    for sa, sb in zip(a["optimizer_states"][0]["state"].values(), b["optimizer_states"][0]["state"].values()):
+        assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert a["optimizer_states"][0]["param_groups"] == b["optimizer_states"][0]["param_groups"]
+    # conv2 unfroze in the resumed epoch (2) and trained there; it had not before.
+    assert not torch.equal(halfway["state_dict"]["net.conv2.0.weight"], b["state_dict"]["net.conv2.0.weight"])
+
+
+def test_head_is_reinitialised_for_another_number_of_classes(tmp_path, caplog):
+    torch.manual_seed(0)
+    source = CNN(num_classes=10)
+    torch.save({"state_dict": {f"net.{k}": v for k, v in source.state_dict().items()}}, tmp_path / "a.ckpt")
+    torch.manual_seed(1)
+    target = CNN(num_classes=26)
+    fresh_head = target.head.weight.clone()
+    with caplog.at_level(logging.WARNING, logger="mnist_lab.finetune"):
+        replaced = load_pretrained(target, tmp_path / "a.ckpt")
+    assert replaced == ["head.weight", "head.bias"]
+    assert "head is re-initialised" in caplog.text and "(26, 128)" in caplog.text
+    assert torch.equal(target.head.weight, fresh_head)
+    for g in ("conv1", "conv2", "fc1"):
+        for (k, v), w in zip(getattr(source, g).state_dict().items(), getattr(target, g).state_dict().values()):
+            assert torch.equal(v, w), k
+
+
+def test_mismatched_checkpoint_lists_names_and_shapes(tmp_path):
+    torch.save(CNN(batch_norm=True, hidden=64).state_dict(), tmp_path / "bn.pt")
+    with pytest.raises(CheckpointError) as e:
+        load_pretrained(CNN(), tmp_path / "bn.pt")
+    msg = str(e.value)
+    assert "fc1.1.weight: checkpoint (64, 3136), model (128, 3136)" in msg
+    assert "conv1.0.bias: missing from the checkpoint (model (32,))" in msg
+    assert "conv1.1.running_mean: in the checkpoint (32,), not in the model" in msg
+    for bad, phrase in ((tmp_path / "nope.pt", "does not exist"), (tmp_path / "junk.pt", "cannot be read")):
+        if bad.name == "junk.pt":
+            bad.write_bytes(b"not a checkpoint")
+        with pytest.raises(CheckpointError, match=phrase):
+            load_pretrained(CNN(), bad)
+
+
+def test_bad_checkpoint_fails_before_training(tiny_cfg, tmp_path):
+    torch.save(MLP().state_dict(), tmp_path / "mlp.pt")
+    cfg = tiny_cfg("finetune=freeze_conv", f"finetune.checkpoint={tmp_path / 'mlp.pt'}")
+    with pytest.raises(CheckpointError, match="does not fit CNN"):
+        train(cfg)
+    assert not Path(cfg.paths.output_dir, "checkpoints").exists()
+
+
+def test_unknown_group_fails_with_the_models_groups(tiny_cfg):
+    cfg = tiny_cfg("finetune=freeze_conv", "model=mlp")
+    with pytest.raises(ConfigError, match=r"\['conv1', 'conv2'\].*MLP has the groups \['fc1', 'fc2', 'head'\]"):
+        train(cfg)
+    with pytest.raises(ConfigError, match="only the groups in finetune.frozen"):
+        FineTune(frozen=["conv1"], unfreeze={2: ["fc1"]}).bind(CNN())
+    with pytest.raises(ConfigError, match="epochs >= 1"):
+        FineTune(frozen=["conv1"], unfreeze={0: ["conv1"]})
+
+
+def test_pretrain_export_then_finetune_on_uci_digits(tmp_path):
+    """The README's two commands at toy size: pretrain + export, then freeze_conv from those weights."""
+    weights = tmp_path / "pretrained" / "mnist_cnn.pt"
+    pretrain = [*TINY, "experiment=pretrain_mnist", "data.train_size=256", "trainer.max_epochs=1", "data.batch_size=64",
+                "scheduler=none",  # one-cycle cannot split 4 steps into its phases
+                "~data/augment",
+                "logger=none", "test=false", f"callbacks.export_weights.path={weights}"]
+    train(compose_config(pretrain, tmp_path / "pretrain"))
+    exported = torch.load(weights, weights_only=True)
+    assert json.loads(weights.with_suffix(".json").read_text())["checkpoint"].endswith(".ckpt")
+    with pytest.raises(ConfigError, match="refusing to replace it"):  # a rerun keeps the weights
+        train(compose_config(pretrain, tmp_path / "pretrain2"))
+    assert torch.equal(torch.load(weights, weights_only=True)["head.weight"], exported["head.weight"])
+
+    finetune = compose_config(
+        [*TINY, "data=uci_digits", "data.train_size=null", "data.labels_per_class=10", "finetune=freeze_conv",
+         f"finetune.checkpoint={weights}", "logger=none", "callbacks.test_report=null"],
+        tmp_path / "finetune",
+    )
+    metrics = train(finetune)
+    tuned = torch.load(metrics["best_checkpoint"], weights_only=True)["state_dict"]
+    for k in ("conv1.0.weight", "conv2.0.bias"):
+        assert torch.equal(tuned[f"net.{k}"], exported[k])  # frozen: exactly the pretrained weights
+    assert not torch.equal(tuned["net.head.weight"], exported["head.weight"])
+    assert 0 <= metrics["test/acc"] <= 1
+
