@@ -98,9 +98,9 @@ class OptunaSweeper(Sweeper):
         while remaining > 0:
             trials = [study.ask(space) for _ in range(min(self.n_jobs, remaining))]
             remaining -= len(trials)
+            trials = [t for t in trials if self.composes(study, t, fixed)]
             for batch in consecutive(trials):  # job number = trial number: unique run dirs
                 jobs = [self.job_overrides(t, fixed) for t in batch]
-                self.validate_batch_is_legal(jobs)
                 returns = self.launcher.launch(jobs, initial_job_idx=batch[0].number)
                 for trial, ret in zip(batch, returns):
                     self.tell(study, trial, ret)
@@ -121,6 +121,19 @@ class OptunaSweeper(Sweeper):
         if cfg.get("seed") is not None:
             cfg["seed"] += trials_so_far
         return instantiate(cfg)
+
+    def composes(self, study: Any, trial: Any, fixed: dict[str, str]) -> bool:
+        """Whether the trial's config composes (Hydra's check before launching); if not, a failed trial."""
+        from optuna.trial import TrialState
+
+        try:
+            self.validate_batch_is_legal([self.job_overrides(trial, fixed)])
+        except Exception as e:  # a value the config's schema rejects: this trial fails, not the search
+            study._storage.set_trial_user_attr(trial._trial_id, "error", str(e)[:2000])
+            study.tell(trial, state=TrialState.FAIL)
+            log.warning(f"Trial {trial.number} does not compose: {e}")
+            return False
+        return True
 
     def job_overrides(self, trial: Any, fixed: dict[str, str]) -> list[str]:
         params = [f"{k}={override_value(v)}" for k, v in trial.params.items()]
