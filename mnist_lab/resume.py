@@ -162,7 +162,10 @@ class Resumable(pl.Callback):
                 self._previous_handlers[signum] = signal.signal(signum, self._handler)
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # The final training state, also when the last epoch did not improve val/acc (then
+        # ModelCheckpoint keeps the older last.ckpt): a kill during the test resumes to the test.
         self._restore_handlers()
+        self._save(trainer, pl_module)
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         self._restore_handlers()
@@ -184,11 +187,14 @@ class Resumable(pl.Callback):
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
         periodic = self.every_n_train_steps and trainer.global_step % self.every_n_train_steps == 0
-        if not periodic and self.signum is None:
-            return
+        if periodic or self.signum is not None:
+            self._save(trainer, pl_module)
+
+    def _save(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Write last.ckpt; stop with RunInterrupted when a signal asked for it."""
         self.check_finite(trainer, pl_module)
         trainer.save_checkpoint(self.last_path, weights_only=False)
-        if self.signum is not None:
+        if self.signum is not None:  # a signal during the last validation arrives here from on_train_end
             name = signal.Signals(self.signum).name
             raise RunInterrupted(
                 f"{name} received: training stopped at step {trainer.global_step} (epoch {trainer.current_epoch}) "
