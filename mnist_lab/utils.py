@@ -63,6 +63,15 @@ def flatten(cfg: DictConfig | dict, prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def _version(distribution: str) -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(distribution)
+    except PackageNotFoundError:
+        return None
+
+
 def environment_record() -> dict[str, Any]:
     """What a run needs to be reproduced: package, git commit, library versions."""
     import pytorch_lightning
@@ -75,6 +84,8 @@ def environment_record() -> dict[str, Any]:
         "torch": torch.__version__,
         "torchvision": torchvision.__version__,
         "pytorch_lightning": pytorch_lightning.__version__,
+        # The other libraries whose behaviour a run depends on (config composition, metrics, RNG).
+        **{name: _version(name) for name in ("hydra-core", "omegaconf", "torchmetrics", "numpy")},
         "platform": platform.platform(),
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
     }

@@ -201,3 +201,9 @@ def test_several_problems_are_reported_together():
         validate(cfg, overrides=[], choices={})
     paragraphs = str(info.value).split("\n\n")
     assert paragraphs[0] == "3 problems in the config:" and len(paragraphs) == 4
+
+
+def test_hydra_full_error_gives_the_traceback(monkeypatch, tmp_path):
+    monkeypatch.setenv("HYDRA_FULL_ERROR", "1")
+    with pytest.raises(ConfigError, match="data.batch_size"):
+        run_main(*TINY, "data.batch_size=0", f"hydra.run.dir={tmp_path}/run")

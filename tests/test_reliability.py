@@ -24,17 +24,18 @@ from mnist_lab.resume import AtomicCheckpointIO, RunInterrupted, check_output_di
 from mnist_lab.train import NOT_REPRODUCIBLE, train
 from tests.conftest import TINY, compose_config
 
-# Two epochs of 16 steps with everything that has state: dropout and augmentation (global
+# Two epochs of 8 steps with everything that has state: dropout and augmentation (global
 # RNG), SGD momentum, a per-step OneCycle schedule, val/acc_best, the shuffled order.
 RUN = [
     *TINY,
+    "data.train_size=512",
     "trainer.max_epochs=2",
     "model.dropout=0.3",
     "data/augment=affine",
     "scheduler=onecycle",
     "checkpoint_every_n_steps=3",
 ]
-STEPS_PER_EPOCH = 16
+STEPS_PER_EPOCH = 8
 
 
 class Throttle(pl.Callback):
@@ -212,7 +213,8 @@ def test_same_config_and_seed_give_identical_metrics_and_weights(reference, tmp_
     assert {"train_seconds", "best_checkpoint"} <= left_out
     assert all(k.endswith("_seconds") or k == "best_checkpoint" for k in left_out)
     env = json.loads((run / "environment.json").read_text())
-    assert {"mnist_lab", "torch", "pytorch_lightning", "git_commit"} <= set(env)
+    assert {"mnist_lab", "torch", "pytorch_lightning", "hydra-core", "numpy", "git_commit"} <= set(env)
+    assert env["hydra-core"] and env["numpy"]
 
 
 def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tiny_cfg):
