@@ -131,17 +131,26 @@ def test_gradual_unfreeze_fires_at_its_epochs_and_schedulers_keep_working(small_
     assert len(module.trainer.optimizers[0].param_groups) == 4
 
 
-@pytest.mark.parametrize("scheduler", ["step", "cosine", "onecycle"])
+@pytest.mark.parametrize(
+    "scheduler",
+    [
+        ["scheduler=step", "scheduler.scheduler.step_size=1"],
+        ["scheduler=cosine", "trainer.max_epochs=4"],  # T_max 4: one epoch moves the lr part-way
+        ["scheduler=onecycle", "scheduler.scheduler.pct_start=0.5"],  # 4 steps: warm-up 2, anneal 2
+    ],
+    ids=["step", "cosine", "onecycle"],
+)
 def test_discriminative_lr_multipliers_survive_schedulers(small_mnist, scheduler):
-    _, rec = fit(small_mnist, "discriminative_lr", f"scheduler={scheduler}", "trainer.max_epochs=2", epochs=2)
-    lrs = rec.lrs[-1]
-    assert lrs["head"] != pytest.approx(rec.lrs[0]["head"]) or scheduler == "step"  # the scheduler acts
+    module, rec = fit(small_mnist, "discriminative_lr", *scheduler)
+    lrs = {g["name"]: g["lr"] for g in module.trainer.optimizers[0].param_groups}  # after the scheduler's steps
+    assert lrs["head"] != pytest.approx(rec.lrs[0]["head"])  # the scheduler acted
     for depth, g in enumerate(reversed(GROUPS)):
+        assert rec.lrs[0][g] == pytest.approx(rec.lrs[0]["head"] * 0.5**depth)
         assert lrs[g] == pytest.approx(lrs["head"] * 0.5**depth)
 
 
 def test_explicit_group_lr(small_mnist):
-    _, rec = fit(small_mnist, "discriminative_lr", "finetune.layer_decay=null", "+finetune.group_lr.conv1=0.01")
+    _, rec = fit(small_mnist, "discriminative_lr", "finetune.layer_decay=null", "finetune.group_lr={conv1: 0.01}")
     assert rec.lrs[0] == pytest.approx({"conv1": 0.0005, "conv2": 0.05, "fc1": 0.05, "head": 0.05})
 
 
@@ -174,15 +183,16 @@ RESUME = ["data.train_size=256", "logger=none", "test=false", "scheduler=step", 
           "checkpoint_every_n_steps=4"]
 
 
-@pytest.mark.parametrize(
-    "strategy",
-    [
-        ["finetune=gradual_unfreeze", "optimizer=adam", "optimizer.lr=0.003"],
-        ["finetune=unfreeze_on_plateau", "finetune.on_plateau.patience=1", "finetune.on_plateau.min_delta=1.0"],
-    ],
-    ids=["gradual_unfreeze", "unfreeze_on_plateau"],
-)
-def test_resume_mid_schedule_equals_uninterrupted_run(tmp_path, strategy):
+# Scheduled (fc1 at epoch 1) and plateau-driven unfreezing (min_delta 1.0: every validation
+# after the first is a plateau, so conv2 unfreezes at epoch 2), with Adam and StepLR state.
+RESUMED_STRATEGY = [
+    "finetune=unfreeze_on_plateau", "finetune.frozen=[conv1,conv2,fc1]", "finetune.unfreeze={1: [fc1]}",
+    "finetune.on_plateau.patience=1", "finetune.on_plateau.min_delta=1.0", "optimizer=adam", "optimizer.lr=0.003",
+]
+
+
+def test_resume_mid_schedule_equals_uninterrupted_run(tmp_path):
+    strategy = RESUMED_STRATEGY
     whole = compose_config([*TINY, *RESUME, *strategy, "trainer.max_epochs=3"], tmp_path / "whole")
     train(whole)
     first = compose_config([*TINY, *RESUME, *strategy, "trainer.max_epochs=2"], tmp_path / "split")
@@ -198,7 +208,7 @@ def test_resume_mid_schedule_equals_uninterrupted_run(tmp_path, strategy):
     assert (a["epoch"], a["global_step"]) == (b["epoch"], b["global_step"]) and a["global_step"] == 12
     for k, v in a["state_dict"].items():
         assert torch.equal(v, b["state_dict"][k]), k
-    assert a["finetune"] == b["finetune"]
+    assert a["finetune"] == b["finetune"] and b["finetune"]["plateau_events"][2] == "conv2"
     for sa, sb in zip(a["optimizer_states"][0]["state"].values(), b["optimizer_states"][0]["state"].values()):
         assert all(torch.equal(sa[k], sb[k]) for k in sa)
     assert a["optimizer_states"][0]["param_groups"] == b["optimizer_states"][0]["param_groups"]
@@ -282,3 +292,29 @@ def test_pretrain_export_then_finetune_on_uci_digits(tmp_path):
     assert not torch.equal(tuned["net.head.weight"], exported["head.weight"])
     assert 0 <= metrics["test/acc"] <= 1
 
+
+
+def test_transfer_table_from_job_directories(tmp_path, capsys):
+    from omegaconf import OmegaConf
+
+    from mnist_lab.finetune_table import main
+
+    def job(n, strategy, checkpoint, labels, seed, acc):
+        d = tmp_path / "sweep" / str(n)
+        (d / ".hydra").mkdir(parents=True)
+        OmegaConf.save({"seed": seed, "data": {"labels_per_class": labels}, "finetune": {"checkpoint": checkpoint}},
+                       d / ".hydra" / "config.yaml")
+        OmegaConf.save({"hydra": {"runtime": {"choices": {"finetune": strategy}}}}, d / ".hydra" / "hydra.yaml")
+        if acc is not None:
+            (d / "metrics.json").write_text(json.dumps({"test/acc": acc, "train_seconds": 10.0}))
+
+    job(0, "freeze_conv", "w.pt", 10, 0, 0.90)
+    job(1, "freeze_conv", "w.pt", 10, 1, 0.92)
+    job(2, "none", None, 10, 0, 0.50)
+    job(3, "none", None, None, 0, 0.97)
+    job(4, "full", "w.pt", 10, 0, None)  # failed: no metrics.json
+    assert main([str(tmp_path / "sweep")]) == 1  # a job did not finish
+    out = capsys.readouterr().out
+    assert "| freeze_conv | 91.0 ± 1.4 (10) n=2 | - |" in out  # mean ± sample std of 90 and 92
+    assert "| scratch | 50.0 ± 0.0 (10) n=1 | 97.0 ± 0.0 (10) n=1 |" in out  # no checkpoint: scratch
+    assert "sweep/4: full, labels_per_class=10: no metrics.json" in out
