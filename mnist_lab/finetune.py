@@ -198,10 +198,12 @@ class FineTune:
             module = getattr(net, name)
             for p in module.parameters():
                 p.requires_grad_(name not in frozen)
-            if name in frozen and not self.train_frozen_bn:
-                for m in module.modules():
-                    if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                        m.eval()
+            # Frozen: eval mode (fixed statistics). Unfrozen: back to the network's mode, since
+            # Lightning does not call train() again after an epoch left them in eval mode.
+            bn_training = net.training and (name not in frozen or self.train_frozen_bn)
+            for m in module.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    m.train(bn_training)
         self._applied = frozen
         return frozen
 

@@ -48,7 +48,7 @@ class Recorder(pl.Callback):
     """Weights before training and after every epoch; lrs and requires_grad as each epoch begins."""
 
     def __init__(self) -> None:
-        self.states, self.lrs, self.trainable = [], [], []
+        self.states, self.lrs, self.trainable, self.bn_training = [], [], [], []
 
     def on_train_start(self, trainer, module) -> None:
         self.states.append({k: v.clone() for k, v in module.net.state_dict().items()})
@@ -57,6 +57,8 @@ class Recorder(pl.Callback):
         if batch_idx == 0:  # after the module's on_train_epoch_start applied the strategy
             self.lrs.append({g.get("name", "all"): g["lr"] for g in trainer.optimizers[0].param_groups})
             self.trainable.append({g for g in GROUPS if all(p.requires_grad for p in getattr(module.net, g).parameters())})
+            bns = [(n.split(".")[0], m.training) for n, m in module.net.named_modules() if isinstance(m, torch.nn.BatchNorm2d)]
+            self.bn_training.append({g for g, training in bns if training})
 
     def on_train_epoch_end(self, trainer, module) -> None:
         self.states.append({k: v.clone() for k, v in module.net.state_dict().items()})
@@ -116,11 +118,13 @@ def test_frozen_batch_norm_can_keep_updating_statistics(small_mnist):
 def test_gradual_unfreeze_fires_at_its_epochs_and_schedulers_keep_working(small_mnist):
     module, rec = fit(
         small_mnist, "gradual_unfreeze", "scheduler=step", "scheduler.scheduler.step_size=1",
-        "scheduler.scheduler.gamma=0.5", epochs=4,
+        "scheduler.scheduler.gamma=0.5", "model.batch_norm=true", epochs=4,
     )
     first_change = {g: min(e for e in range(4) if g in changed(rec.states[e], rec.states[e + 1])) for g in GROUPS}
     assert first_change == {"head": 0, "fc1": 1, "conv2": 2, "conv1": 3}
     assert rec.trainable == [{"head"}, {"head", "fc1"}, {"head", "fc1", "conv2"}, set(GROUPS)]
+    # Batch norm (conv1.1, conv2.1) runs in eval mode while frozen and trains once unfrozen.
+    assert rec.bn_training == [set(), set(), {"conv2"}, {"conv1", "conv2"}]
     # The param groups never change; StepLR halves every group's lr each epoch, and groups
     # that unfreeze keep their 0.1 multiplier (unfrozen_lr_scale) relative to the head.
     for epoch, lrs in enumerate(rec.lrs):
