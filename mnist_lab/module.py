@@ -33,6 +33,8 @@ class Classifier(pl.LightningModule):
         channels_last: run the network in channels_last memory format (faster convs on CPU).
         finetune: which layer groups train when and at which lr (mnist_lab/finetune.py), or
             None: every parameter trains in one param group.
+        config: the resolved `model` and `data` config, stored in every checkpoint so that the
+            checkpoint alone rebuilds the network (mnist_lab.checkpoints), or None.
     """
 
     def __init__(
@@ -44,9 +46,11 @@ class Classifier(pl.LightningModule):
         num_classes: int = 10,
         channels_last: bool = False,
         finetune: FineTune | None = None,
+        config: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         self.net = net
+        self.config = config
         self.finetune = finetune
         if finetune is not None:
             finetune.bind(net)  # unknown group names fail here, before any data is loaded
@@ -137,6 +141,8 @@ class Classifier(pl.LightningModule):
             self.log("finetune/frozen_groups", float(len(frozen)), on_step=False, on_epoch=True)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self.config is not None:
+            checkpoint["mnist_lab_config"] = self.config
         if self.finetune is not None:
             checkpoint["finetune"] = self.finetune.state_dict()
         # The unlogged part of the train/loss window: a run resumed mid-window logs the same mean.

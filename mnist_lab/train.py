@@ -8,7 +8,7 @@ from typing import Any
 
 import pytorch_lightning as pl
 from hydra.utils import instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
 from pytorch_lightning.loggers import TensorBoardLogger
 from torch.utils.tensorboard.summary import hparams
@@ -57,6 +57,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         num_classes=cfg.data.num_classes,
         channels_last=cfg.channels_last,
         finetune=finetune,
+        config={k: OmegaConf.to_container(cfg[k], resolve=True) for k in ("model", "data")},  # for checkpoints
     )
 
     # 2. Callbacks, loggers, trainer.

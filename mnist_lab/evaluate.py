@@ -1,0 +1,135 @@
+"""`python -m mnist_lab.evaluate ckpt_path=PATH [data=NAME]`: score a trained model on a test split.
+
+The network is rebuilt from the checkpoint and the config of the run that trained it; the
+data are the run's own unless `data=...` names another dataset. Reports accuracy, loss,
+per-class precision and recall, the confusion matrix and the most confidently wrong digits
+to the terminal, metrics.json, PNG figures and TensorBoard, in its own output directory.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import hydra
+import torch
+import torch.nn.functional as F
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+from torchmetrics.functional.classification import multiclass_confusion_matrix
+
+from mnist_lab import CONF_DIR
+from mnist_lab.errors import ConfigError, UserError
+
+
+def evaluate(cfg: DictConfig) -> dict[str, Any]:
+    """Score the checkpoint of cfg.ckpt_path on cfg.split; print, write and return the metrics."""
+    import matplotlib.pyplot as plt
+    from rich.console import Console
+    from rich.table import Table
+    from torch.utils.tensorboard import SummaryWriter
+
+    from mnist_lab.callbacks import confusion_figure, misclassified_figure
+    from mnist_lab.checkpoints import find_checkpoint, load_net
+    from mnist_lab.utils import write_json
+
+    if cfg.split not in ("test", "val"):
+        raise ConfigError(f"split={cfg.split}: choose test or val.")
+    ckpt = find_checkpoint(cfg.ckpt_path)
+    net, run_cfg = load_net(ckpt)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    net = net.to(device)
+
+    # 1. The data: the run's own, or the dataset named by data=... on the command line.
+    datamodule = instantiate(cfg.data if cfg.get("data") is not None else run_cfg.data)
+    datamodule.setup("test")
+    x = getattr(datamodule.splits, f"{cfg.split}_x")
+    y = getattr(datamodule.splits, f"{cfg.split}_y")
+    with torch.inference_mode():
+        classes = net(datamodule.normalize(x[:1].to(device))).shape[1]
+    if int(y.max()) >= classes:
+        raise ConfigError(
+            f"The {cfg.split} labels of data go up to {int(y.max())} but the model of {ckpt} has {classes} "
+            "classes: evaluate it on a dataset with the labels it was trained on."
+        )
+
+    # 2. Logits of the whole split, in batches.
+    logits = []
+    with torch.inference_mode():
+        for start in range(0, len(y), datamodule.eval_batch_size):
+            batch = x[start : start + datamodule.eval_batch_size].to(device)
+            logits.append(net(datamodule.normalize(batch)).float().cpu())
+    logits = torch.cat(logits)
+    probs = logits.softmax(1)
+    preds = probs.argmax(1)
+
+    # 3. Metrics: accuracy, loss, per-class precision/recall from the confusion matrix.
+    confusion = multiclass_confusion_matrix(preds, y, classes)  # rows true, columns predicted
+    hits = confusion.diag().float()
+    precision = hits / confusion.sum(0).clamp(min=1)
+    recall = hits / confusion.sum(1).clamp(min=1)
+    wrong = (preds != y).nonzero().flatten()
+    wrong = wrong[probs[wrong, preds[wrong]].argsort(descending=True)][: cfg.num_wrong]
+    s = cfg.split
+    metrics: dict[str, Any] = {
+        f"{s}/acc": hits.sum().item() / len(y),
+        f"{s}/loss": F.cross_entropy(logits, y).item(),
+        f"{s}/precision": precision.tolist(),
+        f"{s}/recall": recall.tolist(),
+        f"{s}/support": confusion.sum(1).tolist(),
+        f"{s}/confusion_matrix": confusion.tolist(),
+        f"{s}/most_confident_wrong": [
+            {"index": int(i), "true": int(y[i]), "pred": int(preds[i]), "confidence": probs[i, preds[i]].item()}
+            for i in wrong
+        ],
+        "num_examples": len(y),
+        "checkpoint": str(ckpt),
+    }
+
+    # 4. Report: terminal, metrics.json, PNG figures, TensorBoard.
+    console = Console()
+    console.print(f"{ckpt}: {s} split, {len(y)} images")
+    table = Table()
+    for column in ("class", "precision", "recall", "support"):
+        table.add_column(column, justify="right")
+    for k in range(classes):
+        table.add_row(str(k), f"{precision[k]:.4f}", f"{recall[k]:.4f}", str(int(confusion[k].sum())))
+    console.print(table)
+    console.print(f"{s}/acc {metrics[f'{s}/acc']:.4f}   {s}/loss {metrics[f'{s}/loss']:.4f}")
+    console.print(
+        "most confidently wrong (index: true -> predicted, confidence): "
+        + ", ".join(f"{w['index']}: {w['true']}->{w['pred']} {w['confidence']:.3f}" for w in metrics[f"{s}/most_confident_wrong"][:10])
+    )
+    output_dir = Path(cfg.paths.output_dir)
+    write_json(output_dir / "metrics.json", metrics)
+    figures = {f"{s}/confusion_matrix": confusion_figure(confusion)}
+    if len(wrong):
+        figures[f"{s}/most_confident_wrong"] = misclassified_figure([(x[i, 0], int(y[i]), int(preds[i])) for i in wrong])
+    (output_dir / "figures").mkdir(parents=True, exist_ok=True)
+    writer = SummaryWriter(str(output_dir / "tensorboard"))
+    for key in (f"{s}/acc", f"{s}/loss"):
+        writer.add_scalar(key, metrics[key], 0)
+    for tag, fig in figures.items():
+        fig.savefig(output_dir / "figures" / f"{tag.split('/')[1]}.png", dpi=100)
+        writer.add_figure(tag, fig, close=False)
+        plt.close(fig)
+    writer.close()
+    console.print(f"metrics.json, figures/ and tensorboard/ in {output_dir}")
+    return metrics
+
+
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="evaluate")
+def main(cfg: DictConfig) -> None:
+    try:
+        evaluate(cfg)
+    except UserError as e:
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        print(f"\nError: {e}", file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

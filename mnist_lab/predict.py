@@ -1,0 +1,230 @@
+"""`python -m mnist_lab.predict ckpt_path=PATH inputs=FILE_OR_DIR`: read digits and numbers in image files.
+
+Each image is prepared as MNIST was (mnist_lab.imageprep), cut into digits when it holds a
+number, and classified; per file it prints the text and the top-3 probabilities of every
+digit, and writes predictions.csv / predictions.json to its output directory. A file that
+cannot be read or holds no ink gets its own error line; the others are still read, and the
+exit status is 2 when any file failed (1 when nothing could run: a bad checkpoint or config).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import hydra
+import numpy as np
+import torch
+from omegaconf import DictConfig, ListConfig
+
+from mnist_lab import CONF_DIR
+from mnist_lab.errors import UserError
+from mnist_lab.imageprep import IMAGE_SUFFIXES, ImageError, prepare, read_grey
+
+# Metadata keys that `mnist_lab.export` stores in exported files (how inputs are normalised).
+META_MEAN, META_STD = "mnist_lab.mean", "mnist_lab.std"
+
+
+class ModelFileError(UserError):
+    """A model file that predict cannot use."""
+
+
+class Predictor:
+    """A trained model behind one call: MNIST-style uint8 digits (N, 28, 28) -> probabilities (N, K).
+
+    Args:
+        path: a checkpoint (.ckpt, or a run directory: its best one), or a file written by
+            `python -m mnist_lab.export`: ONNX (.onnx, run by onnxruntime) or TorchScript (.pt).
+        batch_size: digits per forward pass.
+    """
+
+    def __init__(self, path: str | Path, batch_size: int = 1000) -> None:
+        self.path, self.batch_size = Path(path), batch_size
+        self.session = self.net = None
+        if self.path.suffix == ".onnx":
+            self._load_onnx()
+        elif self.path.suffix in (".pt", ".ts"):
+            self._load_torchscript()
+        else:
+            from mnist_lab.checkpoints import load_net
+
+            self.net, cfg = load_net(self.path)
+            self.mean, self.std = float(cfg.data.mean), float(cfg.data.std)
+
+    def _load_onnx(self) -> None:
+        import onnxruntime as ort
+
+        if not self.path.is_file():
+            raise ModelFileError(f"ckpt_path={self.path} does not exist. Pass a file from `python -m mnist_lab.export`.")
+        try:
+            self.session = ort.InferenceSession(str(self.path), providers=["CPUExecutionProvider"])
+        except Exception as e:  # onnxruntime raises its own Fail/InvalidGraph/... types
+            raise ModelFileError(f"{self.path} is not a usable ONNX model ({str(e).splitlines()[0]}). Export it again.") from e
+        self._read_meta(self.session.get_modelmeta().custom_metadata_map)
+
+    def _load_torchscript(self) -> None:
+        files = {"mnist_lab.json": ""}
+        try:
+            self.net = torch.jit.load(str(self.path), map_location="cpu", _extra_files=files).eval()
+        except (RuntimeError, ValueError, OSError) as e:
+            raise ModelFileError(f"{self.path} is not a usable TorchScript model ({str(e).splitlines()[0]}). Export it again.") from e
+        self._read_meta(json.loads(files["mnist_lab.json"] or "{}"))
+
+    def _read_meta(self, meta: dict[str, Any]) -> None:
+        if META_MEAN not in meta or META_STD not in meta:
+            raise ModelFileError(
+                f"{self.path} carries no normalisation ({META_MEAN}, {META_STD}): it was not written by "
+                "`python -m mnist_lab.export`, so the inputs it expects are unknown. Export the checkpoint "
+                "with mnist_lab, or pass the checkpoint itself."
+            )
+        self.mean, self.std = float(meta[META_MEAN]), float(meta[META_STD])
+
+    def __call__(self, digits: np.ndarray) -> np.ndarray:
+        out = []
+        for start in range(0, len(digits), self.batch_size):
+            x = torch.from_numpy(digits[start : start + self.batch_size]).float()[:, None]  # (B, 1, 28, 28)
+            x = (x / 255 - self.mean) / self.std  # as DigitsDataModule.normalize
+            if self.session is not None:
+                logits = torch.from_numpy(self.session.run(None, {self.session.get_inputs()[0].name: x.numpy()})[0])
+            else:
+                with torch.inference_mode():
+                    logits = self.net(x)
+            out.append(logits.float().softmax(1).numpy())
+        return np.concatenate(out) if out else np.zeros((0, 10), np.float32)
+
+
+def collect_inputs(inputs: str | list[str]) -> list[Path]:
+    """Files to read: named files as given, directories searched recursively for image files.
+
+    Args:
+        inputs: a path or a list of paths.
+    """
+    files: list[Path] = []
+    for item in [inputs] if isinstance(inputs, str) else list(inputs):
+        path = Path(str(item)).expanduser()
+        if path.is_dir():
+            files += sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        else:
+            files.append(path)  # a missing or non-image file gets its own error below
+    return files
+
+
+def read_files(files: list[Path], predictor: Predictor, split: bool = True) -> list[dict[str, Any]]:
+    """Prepare and classify every file; one record per file, with `error` set for those that failed.
+
+    Args:
+        files: the images.
+        predictor: the model.
+        split: cut each image into digits; False reads all its ink as one digit.
+    """
+    records, prepared = [], []
+    for path in files:
+        record: dict[str, Any] = {"file": str(path), "text": None, "digits": [], "error": None}
+        try:
+            if not path.is_file():
+                raise ImageError(f"{path} does not exist (or is not a file).")
+            digits = prepare(read_grey(path), split=split, name=str(path))
+            prepared += [d.image for d in digits]
+            record["digits"] = [{"box": list(d.box), "image": d.image} for d in digits]
+        except ImageError as e:
+            record["error"] = str(e)
+        records.append(record)
+    probs = predictor(np.stack(prepared)) if prepared else np.zeros((0, 10))
+    i = 0
+    for record in records:
+        for digit in record["digits"]:
+            p = probs[i]
+            i += 1
+            top = np.argsort(-p)[:3]
+            digit.update(digit=int(top[0]), confidence=float(p[top[0]]), top3=[[int(k), float(p[k])] for k in top])
+        if record["error"] is None:
+            record["text"] = "".join(str(d["digit"]) for d in record["digits"])
+    return records
+
+
+def format_line(record: dict[str, Any]) -> str:
+    if record["error"]:
+        return f"{record['file']}: ERROR {record['error']}"
+    digits = record["digits"]
+    if len(digits) == 1:
+        details = ", ".join(f"{k} {p:.1%}" for k, p in digits[0]["top3"])
+    else:
+        details = "per digit " + ", ".join(f"{d['digit']} {d['confidence']:.1%}" for d in digits)
+    return f"{record['file']}: {record['text']}  ({details})"
+
+
+def write_outputs(records: list[dict[str, Any]], output_dir: Path, formats: list[str], save_prepared: bool) -> None:
+    """predictions.csv / predictions.json, and the prepared 28x28 digits as PNG if asked."""
+    from PIL import Image
+
+    output_dir.mkdir(parents=True, exist_ok=True)
+    for n, record in enumerate(records):
+        for i, digit in enumerate(record["digits"]):
+            image = digit.pop("image")
+            if save_prepared:
+                name = Path("prepared") / f"{n:04d}-{Path(record['file']).stem}-{i}.png"
+                (output_dir / "prepared").mkdir(exist_ok=True)
+                Image.fromarray(image).save(output_dir / name)
+                digit["prepared"] = str(output_dir / name)
+    if "json" in formats:
+        (output_dir / "predictions.json").write_text(json.dumps(records, indent=2) + "\n")
+    if "csv" in formats:
+        buffer = io.StringIO()
+        writer = csv.writer(buffer)
+        writer.writerow(["file", "text", "confidence", "top3", "prepared", "error"])
+        for r in records:
+            d = r["digits"]
+            writer.writerow(
+                [
+                    r["file"],
+                    r["text"] or "",
+                    " ".join(f"{x['confidence']:.4f}" for x in d),
+                    " | ".join(" ".join(f"{k}:{p:.4f}" for k, p in x["top3"]) for x in d),
+                    " ".join(x.get("prepared", "") for x in d),
+                    r["error"] or "",
+                ]
+            )
+        (output_dir / "predictions.csv").write_text(buffer.getvalue())
+
+
+def predict(cfg: DictConfig) -> list[dict[str, Any]]:
+    """Read every input file with the model of cfg.ckpt_path; print, write and return one record per file."""
+    formats = list(cfg.formats) if isinstance(cfg.formats, ListConfig) else [cfg.formats]
+    unknown = set(formats) - {"csv", "json"}
+    if unknown:
+        raise UserError(f"formats={formats} holds {sorted(unknown)}: choose from csv and json, e.g. formats=[csv,json] or formats=[].")
+    predictor = Predictor(cfg.ckpt_path, batch_size=cfg.batch_size)
+    inputs = cfg.inputs if isinstance(cfg.inputs, str) else list(cfg.inputs)
+    files = collect_inputs(inputs)
+    if not files:
+        raise UserError(f"inputs={inputs} holds no image files ({', '.join(IMAGE_SUFFIXES)}). Point inputs at images.")
+    records = read_files(files, predictor, split=cfg.split)
+    for record in records:
+        print(format_line(record))
+    output_dir = Path(cfg.paths.output_dir)
+    write_outputs(records, output_dir, formats, cfg.save_prepared)
+    failed = sum(r["error"] is not None for r in records)
+    print(f"{len(records) - failed} of {len(records)} files read; results in {output_dir}")
+    return records
+
+
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="predict")
+def main(cfg: DictConfig) -> None:
+    try:
+        records = predict(cfg)
+    except UserError as e:
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        print(f"\nError: {e}", file=sys.stderr)
+        sys.exit(1)
+    if any(r["error"] for r in records):
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()
