@@ -160,6 +160,8 @@ class Resumable(pl.Callback):
         if threading.current_thread() is threading.main_thread() and trainer.world_size == 1:
             for signum in (signal.SIGINT, signal.SIGTERM):
                 self._previous_handlers[signum] = signal.signal(signum, self._handler)
+            if trainer.received_sigterm:  # arrived while Lightning restored the checkpoint
+                self.signum = signal.SIGTERM
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # The final training state, also when the last epoch did not improve val/acc (then

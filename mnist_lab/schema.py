@@ -127,7 +127,7 @@ def validate(cfg: DictConfig, overrides: list[str] | None = None, choices: dict[
 
 def check_keys_types_ranges(cfg: DictConfig) -> list[Problem]:
     problems = _check_top_level(cfg)
-    _walk(cfg, "", problems, group_keys=None)
+    _walk(cfg, "", problems)
     for path, value in _leaves(cfg):
         for pattern, ok, allowed in RULES:
             if fnmatch(path, pattern) and not any(p.path == path for p in problems):
@@ -216,7 +216,7 @@ def _group_file_keys(group_path: str) -> set[str] | None:
     return keys
 
 
-def _walk(node: DictConfig, prefix: str, problems: list[Problem], group_keys: set[str] | None) -> None:
+def _walk(node: DictConfig, prefix: str, problems: list[Problem]) -> None:
     """Check every node: missing values, unresolvable interpolations, target signatures."""
     for key in node.keys():
         path = f"{prefix}{key}"
@@ -245,7 +245,7 @@ def _check_node(node: DictConfig, path: str, problems: list[Problem]) -> None:
             for k in node.keys():
                 if str(k) not in known:
                     problems.append(Problem(f"{path}.{k}", _raw(node, k), _unknown_reason(str(k), known, f"the `{path}` config group (conf/{path}/*.yaml)")))
-    _walk(node, f"{path}.", problems, None)
+    _walk(node, f"{path}.", problems)
 
 
 def _check_target(node: DictConfig, path: str, problems: list[Problem]) -> None:
@@ -258,7 +258,7 @@ def _check_target(node: DictConfig, path: str, problems: list[Problem]) -> None:
     try:
         params = inspect.signature(target).parameters
     except (TypeError, ValueError):
-        _walk(node, f"{path}.", problems, None)
+        _walk(node, f"{path}.", problems)
         return
     takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
     hints = _type_hints(target)
