@@ -83,16 +83,24 @@ def _cell(value: Any) -> str:
     return str(value)
 
 
+def _short(value: str) -> str:
+    """An override value as typed, or a float that Optuna drew (0.027372102153683506) to 4 digits."""
+    try:
+        return f"{float(value):.4g}" if len(value) > 8 and any(c in value for c in ".e") else value
+    except ValueError:
+        return value
+
+
 def table(
-    varying: list[str], rows: list[dict[str, Any]], sweep_dir: Path, fmt=_cell
+    varying: list[str], rows: list[dict[str, Any]], sweep_dir: Path, fmt=_cell, short=_short
 ) -> tuple[list[str], list[list[str]]]:
-    """Header and cells: job (relative), varying overrides, status, metrics (through fmt), error."""
+    """Header and cells: job (relative), varying overrides (through short), status, metrics (through fmt), error."""
     header = ["job", *varying, "status", *METRICS, "error"]
     cells = []
     for r in rows:
         job = str(Path(r["job"]).relative_to(sweep_dir)) if Path(r["job"]) != sweep_dir else "."
         cells.append(
-            [job, *(r["overrides"].get(k, "") for k in varying), r["status"]]
+            [job, *(short(r["overrides"].get(k, "")) for k in varying), r["status"]]
             + [fmt(r.get(m)) for m in METRICS]
             + [r.get("error", "")]
         )
@@ -125,7 +133,8 @@ def report(sweep_dir: str | Path, sort_by: str = "test/acc") -> str:
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(header)
-    writer.writerows(table(varying, rows, sweep_dir, fmt=lambda v: "" if v is None else v)[1])  # full precision
+    full = table(varying, rows, sweep_dir, fmt=lambda v: "" if v is None else v, short=str)
+    writer.writerows(full[1])  # full precision
     write_atomic(sweep_dir / "report.md", text)
     write_atomic(sweep_dir / "report.csv", buffer.getvalue())
     return text
