@@ -61,7 +61,7 @@ def table(jobs: list[dict]) -> str:
                 continue
             accs = [100 * r["acc"] for r in runs]
             sd = statistics.stdev(accs) if len(accs) > 1 else 0.0
-            row.append(f"{statistics.mean(accs):.1f} ± {sd:.1f} ({statistics.mean(r['seconds'] for r in runs):.0f}) n={len(runs)}")
+            row.append(f"{statistics.mean(accs):.1f} ± {sd:.1f} ({statistics.mean(r['seconds'] for r in runs):.1f}) n={len(runs)}")
         lines.append(f"| {s} | " + " | ".join(row) + " |")
     return "\n".join(lines)
 
