@@ -23,6 +23,7 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
+from pytorch_lightning.callbacks import Checkpoint
 
 from mnist_lab.errors import ConfigError, UserError
 
@@ -93,21 +94,24 @@ def parameters_finite(module: torch.nn.Module) -> bool:
     return bool(torch.stack(flags).all()) if flags else True
 
 
-class Resumable(pl.Callback):
-    """Keeps a run resumable: checkpoints/last.ckpt every N steps and on SIGINT/SIGTERM, RNG in every checkpoint.
+class Resumable(Checkpoint):
+    """Keeps a run resumable: checkpoints/last.ckpt after every validation, every N steps, at the end and on signals.
 
     Lightning saves the model, optimizer, scheduler, loop counters, callback states and the
     train loader's position (`TensorBatches.state_dict`); this adds the global RNG states
     (dropout and augmentation draw from them) so that a resumed run draws the same numbers.
     A signal only sets a flag: the checkpoint is written at the end of the current training
-    batch, where Lightning's loop state is consistent (the same place ModelCheckpoint's
-    every_n_train_steps saves), then training stops with RunInterrupted. A second Ctrl-C
-    stops at once. Weights that are NaN/inf are never written: the last good checkpoint stays.
+    batch or validation, where Lightning's loop state is consistent (where ModelCheckpoint
+    saves), then training stops with RunInterrupted. A second Ctrl-C stops at once. Weights
+    that are NaN/inf are never written: the last good checkpoint stays.
+
+    A `Checkpoint` subclass because Lightning runs those after all other callbacks, in list
+    order: after validation, this saves once ModelCheckpoint has recorded the epoch's score
+    (ModelCheckpoint itself rewrites last.ckpt only when val/acc improved).
 
     Args:
         dirpath: the run's checkpoints/ directory.
-        every_n_train_steps: also write last.ckpt every N optimizer steps (None: only on signals;
-            ModelCheckpoint writes it after every validation).
+        every_n_train_steps: also write last.ckpt every N optimizer steps (None: not mid-epoch).
     """
 
     def __init__(self, dirpath: str | Path, every_n_train_steps: int | None = None) -> None:
@@ -196,7 +200,7 @@ class Resumable(pl.Callback):
         """Write last.ckpt; stop with RunInterrupted when a signal asked for it."""
         self.check_finite(trainer, pl_module)
         trainer.save_checkpoint(self.last_path, weights_only=False)
-        if self.signum is not None:  # a signal during the last validation arrives here from on_train_end
+        if self.signum is not None:
             name = signal.Signals(self.signum).name
             raise RunInterrupted(
                 f"{name} received: training stopped at step {trainer.global_step} (epoch {trainer.current_epoch}) "
@@ -208,6 +212,10 @@ class Resumable(pl.Callback):
     def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.state.fn == "fit":  # ModelCheckpoint saves after this validation: check first
             self.check_finite(trainer, pl_module)
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.state.fn == "fit" and not trainer.sanity_checking:
+            self._save(trainer, pl_module)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.check_finite(trainer, pl_module)

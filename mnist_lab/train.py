@@ -63,8 +63,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     # 2. Callbacks, loggers, trainer.
     callbacks = [instantiate(c) for c in cfg.callbacks.values() if c is not None]
     callbacks.append(timer := EpochTimer())
-    # last.ckpt every N steps and on SIGINT/SIGTERM, RNG states in every checkpoint.
-    callbacks.append(resumable := Resumable(output_dir / "checkpoints", cfg.get("checkpoint_every_n_steps")))
+    # last.ckpt after every validation, every N steps and on SIGINT/SIGTERM; RNG states in it.
+    resumable = Resumable(output_dir / "checkpoints", cfg.get("checkpoint_every_n_steps"))
+    if cfg.trainer.get("enable_checkpointing", True):  # Lightning refuses checkpoint callbacks otherwise
+        callbacks.append(resumable)
     loggers = [instantiate(c) for c in cfg.logger.values() if c is not None] if cfg.get("logger") else []
     if not loggers:  # Lightning refuses a learning-rate monitor with nothing to log to
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]

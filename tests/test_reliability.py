@@ -283,16 +283,23 @@ def test_resume_argv_runs_the_saved_config_in_place(tmp_path):
     assert resume_argv(["prog", "model=mlp"]) == ["prog", "model=mlp"]
 
 
-def test_fine_tune_state_survives_a_mid_epoch_resume(tmp_path):
-    # Gradual unfreezing: epoch 0 trains the head only, epoch 1 also fc1. The crash lands in
-    # epoch 1 (8 steps per epoch), where Lightning skips on_train_epoch_start on resume.
+@pytest.mark.parametrize(
+    "every,crash_at,saved_at",
+    [(3, 11, 9), (None, 11, 8)],
+    ids=["mid-epoch-checkpoint", "checkpoint-after-validation"],
+)
+def test_fine_tune_state_survives_a_resume(tmp_path, every, crash_at, saved_at):
+    # Gradual unfreezing: epoch 0 trains the head only, epoch 1 also fc1 (8 steps per epoch).
+    # Resumed mid-epoch, Lightning skips on_train_epoch_start; resumed from the checkpoint of
+    # epoch 0's validation (the default: no checkpoints within an epoch), the run starts epoch 1.
     run = [*TINY, "data.train_size=512", "trainer.max_epochs=2", "finetune=gradual_unfreeze", "test=false", "logger=none"]
-    train(compose_config([*run, "checkpoint_every_n_steps=3"], tmp_path / "reference"))
+    run.append(f"checkpoint_every_n_steps={every or 'null'}")
+    train(compose_config(run, tmp_path / "reference"))
     crashed = tmp_path / "crashed"
-    crash = ["+callbacks.crash._target_=tests.test_reliability.Crash", "+callbacks.crash.at_step=11"]
-    with pytest.raises(RuntimeError, match="crash at step 11"):
-        train(compose_config([*run, "checkpoint_every_n_steps=3", *crash], crashed))
-    assert torch.load(crashed / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 9
+    crash = ["+callbacks.crash._target_=tests.test_reliability.Crash", f"+callbacks.crash.at_step={crash_at}"]
+    with pytest.raises(RuntimeError, match=f"crash at step {crash_at}"):
+        train(compose_config([*run, *crash], crashed))
+    assert torch.load(crashed / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == saved_at
     train(compose_config([*run, f"ckpt_path={crashed}/checkpoints/last.ckpt"], crashed))
     a, b = weights(crashed / "checkpoints" / "last.ckpt"), weights(tmp_path / "reference" / "checkpoints" / "last.ckpt")
     for k in a:
