@@ -37,6 +37,8 @@ log = logging.getLogger(__name__)
 # Param group of the parameters that belong to no named layer group (models without
 # group_names, or extra parameters outside the groups): always trained, multiplier 1.
 OTHER = "other"
+# The validation metrics the Classifier hands to FineTune.observe().
+MONITORS = ("val/acc", "val/loss")
 
 
 class CheckpointError(UserError):
@@ -107,6 +109,11 @@ class FineTune:
         self.best: float | None = None
         self.bad_rounds = 0
         self._applied: frozenset[str] | None = None
+        # Several processes (DDP): DistributedDataParallel registers the parameters that
+        # require grad when it wraps the model and never syncs ones that start requiring it
+        # later. There every parameter keeps requires_grad and frozen groups instead lose
+        # their (synchronised) gradients before each optimizer step: drop_frozen_grads().
+        self.distributed = False
 
     # ----- checking the strategy against the model --------------------------------------
     def bind(self, net: nn.Module) -> None:
@@ -197,7 +204,7 @@ class FineTune:
         for name in self.group_names:
             module = getattr(net, name)
             for p in module.parameters():
-                p.requires_grad_(name not in frozen)
+                p.requires_grad_(self.distributed or name not in frozen)
             # Frozen: eval mode (fixed statistics). Unfrozen: back to the network's mode, since
             # Lightning does not call train() again after an epoch left them in eval mode.
             bn_training = net.training and (name not in frozen or self.train_frozen_bn)
@@ -207,16 +214,17 @@ class FineTune:
         self._applied = frozen
         return frozen
 
+    def drop_frozen_grads(self, net: nn.Module) -> None:
+        """Set the gradients of frozen groups to None, so the optimizer skips them (distributed mode)."""
+        for name in self._applied or ():
+            for p in getattr(net, name).parameters():
+                p.grad = None
+
     def observe(self, epoch: int, metrics: Mapping[str, float]) -> None:
         """Feed one validation result to the plateau rule; may schedule the next unfreeze."""
         if not self.on_plateau:
             return
         opts = self.on_plateau
-        if opts["monitor"] not in metrics:
-            raise ConfigError(
-                f"finetune.on_plateau.monitor={opts['monitor']} is not a validation metric; use one of "
-                f"{sorted(metrics)}."
-            )
         value = float(metrics[opts["monitor"]])
         sign = 1.0 if opts["mode"] == "max" else -1.0
         if self.best is None or sign * (value - self.best) > opts["min_delta"]:
@@ -249,10 +257,11 @@ def _plateau_options(on_plateau: Mapping[str, Any] | None) -> dict[str, Any] | N
     if unknown:
         raise ConfigError(f"finetune.on_plateau has unknown key(s) {unknown}; the keys are {sorted(defaults)}.")
     opts = {**defaults, **on_plateau}
-    if opts["mode"] not in ("max", "min") or int(opts["patience"]) < 1 or opts["min_delta"] < 0:
+    if opts["monitor"] not in MONITORS or opts["mode"] not in ("max", "min") or int(opts["patience"]) < 1 or opts["min_delta"] < 0:
         raise ConfigError(
-            f"finetune.on_plateau has mode={opts['mode']}, patience={opts['patience']}, min_delta={opts['min_delta']}: "
-            "mode must be max or min, patience >= 1 and min_delta >= 0."
+            f"finetune.on_plateau has monitor={opts['monitor']}, mode={opts['mode']}, patience={opts['patience']}, "
+            f"min_delta={opts['min_delta']}: monitor must be one of {list(MONITORS)}, mode max or min, patience >= 1 "
+            "and min_delta >= 0."
         )
     opts["order"] = None if opts["order"] is None else list(opts["order"])
     return opts

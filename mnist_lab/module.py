@@ -135,6 +135,14 @@ class Classifier(pl.LightningModule):
         if self.finetune is not None:
             self.finetune.apply(self.net, self.current_epoch)
 
+    def setup(self, stage: str) -> None:
+        if self.finetune is not None:  # before the strategy wraps the model (DDP)
+            self.finetune.distributed = self.trainer.world_size > 1
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        if self.finetune is not None and self.finetune.distributed:
+            self.finetune.drop_frozen_grads(self.net)
+
     def on_train_epoch_start(self) -> None:
         if self.finetune is not None:
             frozen = self.finetune.apply(self.net, self.current_epoch)

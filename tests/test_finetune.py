@@ -75,7 +75,7 @@ def small_mnist() -> Splits:
     return Splits(s.train_x[:256], s.train_y[:256], s.test_x[:200], s.test_y[:200], s.train_x[-200:], s.train_y[-200:])
 
 
-def fit(splits: Splits, strategy: str, *overrides: str, epochs: int = 1) -> tuple[Classifier, Recorder]:
+def fit(splits: Splits, strategy: str, *overrides: str, epochs: int = 1, callbacks=()) -> tuple[Classifier, Recorder]:
     cfg = compose_config([f"finetune={strategy}", "optimizer.lr=0.05", *overrides])
     pl.seed_everything(0)
     net = instantiate(cfg.model)
@@ -86,7 +86,7 @@ def fit(splits: Splits, strategy: str, *overrides: str, epochs: int = 1) -> tupl
     recorder = Recorder()
     trainer = pl.Trainer(
         accelerator="cpu", max_epochs=epochs, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-        enable_model_summary=False, num_sanity_val_steps=0, callbacks=[recorder],
+        enable_model_summary=False, num_sanity_val_steps=0, callbacks=[recorder, *callbacks],
     )
     trainer.fit(module, datamodule=DigitsDataModule(FixedSource(splits), batch_size=64, eval_batch_size=200))
     return module, recorder
@@ -105,6 +105,22 @@ def test_strategy_trains_exactly_its_groups(small_mnist, strategy):
     # Frozen groups: weights, biases and batch-norm running statistics all bit-for-bit equal
     # (weight decay 0.01 and momentum would move them if the optimizer touched them at all).
     assert changed(rec.states[0], rec.states[1]) == expected
+
+
+class ForceDistributedMode(pl.Callback):
+    """What Classifier.setup() sets when the trainer has several processes (DDP)."""
+
+    def on_fit_start(self, trainer, module) -> None:
+        module.finetune.distributed = True
+
+
+def test_distributed_mode_freezes_by_dropping_gradients(small_mnist):
+    """Under DDP every parameter keeps requires_grad; frozen groups still stay bit-for-bit equal."""
+    _, rec = fit(small_mnist, "freeze_conv", "model.batch_norm=true", "optimizer.weight_decay=0.01",
+                 callbacks=[ForceDistributedMode()])
+    assert rec.trainable[0] == set(GROUPS)
+    assert rec.bn_training[0] == set()  # frozen batch norm still in eval mode
+    assert changed(rec.states[0], rec.states[1]) == {"fc1", "head"}
 
 
 def test_frozen_batch_norm_can_keep_updating_statistics(small_mnist):
@@ -268,6 +284,8 @@ def test_unknown_group_fails_with_the_models_groups(tiny_cfg):
         FineTune(frozen=["conv1"], unfreeze={2: ["fc1"]}).bind(CNN())
     with pytest.raises(ConfigError, match="epochs >= 1"):
         FineTune(frozen=["conv1"], unfreeze={0: ["conv1"]})
+    with pytest.raises(ConfigError, match=r"monitor=val/f1.*\['val/acc', 'val/loss'\]"):
+        FineTune(frozen=["conv1"], on_plateau={"monitor": "val/f1"})
 
 
 def test_pretrain_export_then_finetune_on_uci_digits(tmp_path):
