@@ -197,10 +197,7 @@ def test_plateau_unfreezes_the_next_group(small_mnist):
     assert "conv2" not in changed(rec.states[1], rec.states[2]) and "conv2" in changed(rec.states[2], rec.states[3])
 
 
-# checkpoint_every_n_steps=4: last.ckpt after every epoch's 4 steps (ModelCheckpoint's
-# save_last only rewrites it when val/acc improves).
-RESUME = ["data.train_size=256", "logger=none", "test=false", "scheduler=step", "scheduler.scheduler.step_size=1",
-          "checkpoint_every_n_steps=4"]
+RESUME = ["data.train_size=256", "logger=none", "test=false", "scheduler=step", "scheduler.scheduler.step_size=1"]
 
 
 # Scheduled (fc1 at epoch 1) and plateau-driven unfreezing (min_delta 1.0: every validation
