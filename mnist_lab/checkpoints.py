@@ -9,7 +9,6 @@ the config stored inside it (`mnist_lab_config`, written by `Classifier.on_save_
 from __future__ import annotations
 
 import pickle
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -69,17 +68,16 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        if "weights only" in str(e).lower() or "weights_only" in str(e):
+        if "weights only load failed" in str(e).lower():
             raise CheckpointError(
-                f"{path} stores Python objects other than tensors and plain values (torch.load with "
-                f"weights_only=True refused: {str(e).splitlines()[0]}). mnist_lab checkpoints never do; this "
-                "file comes from other code. Load it there, or pass a checkpoint written by `python -m mnist_lab`."
+                f"{path} stores Python objects other than tensors and plain values, which torch.load with "
+                "weights_only=True refuses to unpickle (that could run arbitrary code). mnist_lab checkpoints "
+                "never do; this file comes from other code. Pass a checkpoint written by `python -m mnist_lab`."
             ) from e
-        raise CheckpointError(
-            f"{path} ({size} bytes) is not a PyTorch checkpoint ({e}). Pass a .ckpt file written by "
-            "`python -m mnist_lab` (runs/<date>/<time>/checkpoints/)."
-        ) from e
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
+        raise _not_a_checkpoint(path, size, e) from e
+    except (KeyError, EOFError) as e:  # what the unpickler raises on bytes that are no pickle at all
+        raise _not_a_checkpoint(path, size, e) from e
+    except Exception as e:  # RuntimeError (zip reader), OSError, ...: a damaged PyTorch file
         raise CheckpointError(
             f"{path} ({size} bytes) cannot be read as a PyTorch checkpoint: {str(e).splitlines()[0]}. "
             "The file is truncated or corrupted (an interrupted copy or save?); copy it again or use "
@@ -92,6 +90,13 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
             "'state_dict'. Pass a .ckpt file written by `python -m mnist_lab`."
         )
     return checkpoint
+
+
+def _not_a_checkpoint(path: Path, size: int, e: BaseException) -> CheckpointError:
+    return CheckpointError(
+        f"{path} ({size} bytes) is not a PyTorch checkpoint (unpickling failed: {type(e).__name__} {e}). "
+        "Pass a .ckpt file written by `python -m mnist_lab` (runs/<date>/<time>/checkpoints/)."
+    )
 
 
 def run_config(path: str | Path, checkpoint: dict[str, Any] | None = None) -> DictConfig:
@@ -151,8 +156,8 @@ def load_net(path: str | Path) -> tuple[nn.Module, DictConfig]:
     """
     path = find_checkpoint(path)
     checkpoint = read_checkpoint(path)
-    cfg = run_config(path, checkpoint)
     state = net_state_dict(checkpoint, path)
+    cfg = run_config(path, checkpoint)
     try:
         net: nn.Module = instantiate(cfg.model)
     except Exception as e:  # a stale _target_ or argument: the config no longer matches the code

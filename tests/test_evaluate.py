@@ -1,0 +1,54 @@
+"""evaluate: a checkpoint rebuilt from its run config scores as it did in training."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from mnist_lab.errors import ConfigError
+from mnist_lab.evaluate import evaluate
+from tests.conftest import compose_config
+
+
+def test_evaluate_reproduces_the_runs_test_metrics(trained_run, tmp_path):
+    cfg = compose_config([f"ckpt_path={trained_run}"], tmp_path / "eval", config_name="evaluate")
+    metrics = evaluate(cfg)
+    trained = json.loads((trained_run / "metrics.json").read_text())
+    # The same best checkpoint on the same 10k test images: the rebuilt network is the trained one.
+    assert metrics["test/acc"] == pytest.approx(trained["test/acc"], abs=1e-6)
+    assert metrics["test/loss"] == pytest.approx(trained["test/loss"], rel=1e-4)
+    confusion = metrics["test/confusion_matrix"]
+    assert sum(map(sum, confusion)) == metrics["num_examples"] == 10_000
+    assert sum(confusion[k][k] for k in range(10)) / 10_000 == pytest.approx(metrics["test/acc"])
+    recall = metrics["test/recall"]
+    assert all(0 <= r <= 1 for r in recall + metrics["test/precision"])
+    assert recall[3] == pytest.approx(confusion[3][3] / sum(confusion[3]))
+    wrong = metrics["test/most_confident_wrong"]
+    assert len(wrong) == 36 and all(w["true"] != w["pred"] for w in wrong)
+    assert [w["confidence"] for w in wrong] == sorted((w["confidence"] for w in wrong), reverse=True)
+    out = tmp_path / "eval"
+    assert json.loads((out / "metrics.json").read_text())["test/acc"] == metrics["test/acc"]
+    assert (out / "figures" / "confusion_matrix.png").stat().st_size > 1000
+    assert (out / "figures" / "most_confident_wrong.png").stat().st_size > 1000
+    assert list((out / "tensorboard").glob("events.out.tfevents.*"))
+
+
+def test_evaluate_on_the_validation_split_and_bad_values(trained_run, tmp_path):
+    metrics = evaluate(compose_config([f"ckpt_path={trained_run}", "split=val"], tmp_path / "v", config_name="evaluate"))
+    assert metrics["num_examples"] == 500  # the run's own data config: data.val_size=500
+    with pytest.raises(ConfigError, match="split=train"):
+        evaluate(compose_config([f"ckpt_path={trained_run}", "split=train"], tmp_path / "t", config_name="evaluate"))
+
+
+def test_evaluate_command_line(trained_run, tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "mnist_lab.evaluate", f"ckpt_path={trained_run}", "data=mnist", "data.eval_batch_size=2000",
+         f"hydra.run.dir={tmp_path}/cli"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "test/acc" in result.stdout and "precision" in result.stdout
+    assert (tmp_path / "cli" / "metrics.json").exists()
