@@ -156,6 +156,26 @@ def examples_figure(pages: list[np.ndarray], examples: list[dict[str, str]], n: 
     return fig
 
 
+def render_agreement(predictor, images: torch.Tensor, num: int, seed: int) -> dict[str, float]:
+    """Share of single digits, re-rendered larger, that are read as the model reads the 28x28 originals.
+
+    Each digit is upscaled with a resampling filter, inverted (dark on light) and prepared again.
+
+    Args:
+        predictor: uint8 (N, 28, 28) -> probabilities (N, K).
+        images: (N, 1, 28, 28) uint8 digits; num of them are drawn with seed.
+    """
+    x = images[:, 0].numpy()[np.random.default_rng(seed).choice(len(images), num, replace=False)]
+    original = predictor(x).argmax(1)
+    out = {}
+    for name, size, resample in (("bilinear_100px", 100, Image.BILINEAR), ("lanczos_57px", 57, Image.LANCZOS),
+                                 ("nearest_100px", 100, Image.NEAREST)):
+        pages = [255 - np.asarray(Image.fromarray(d).resize((size, size), resample)) for d in x]
+        prepared = np.stack([prepare(p.astype(np.float32) / 255)[0].image for p in pages])
+        out[name] = float((predictor(prepared).argmax(1) == original).mean())
+    return out
+
+
 def strings_benchmark(cfg: DictConfig) -> dict[str, Any]:
     """Run the benchmark of cfg on the model of cfg.ckpt_path; print and write results.json."""
     from mnist_lab.checkpoints import find_checkpoint, run_config
@@ -172,6 +192,7 @@ def strings_benchmark(cfg: DictConfig) -> dict[str, Any]:
     results = run_benchmark(predictor, test_x, test_y, cfg.num_strings, cfg.seed)
     pages = results.pop("_pages")
     results.update(checkpoint=str(cfg.ckpt_path), single_digit_test_acc=test_acc)
+    results["rendered_single_digit_agreement"] = render_agreement(predictor, test_x, 1000, cfg.seed)
     output_dir = Path(cfg.paths.output_dir)
     write_json(output_dir / "results.json", results)
     fig = examples_figure(pages, results["examples"])
@@ -181,7 +202,9 @@ def strings_benchmark(cfg: DictConfig) -> dict[str, Any]:
         f"string accuracy {results['string_acc']:.2%}, digit accuracy {results['digit_acc']:.2%}, "
         f"right digit count {results['count_acc']:.2%}; the model on the same digits as 28x28 images "
         f"{results['single_digit_acc_same_digits']:.2%}, on the whole test set {test_acc:.2%}. "
-        f"Strings with touching digits: {results['touching_share']:.1%}. Results in {output_dir}"
+        f"Strings with touching digits: {results['touching_share']:.1%}. Single test digits re-rendered larger "
+        f"and inverted, read as their 28x28 originals: {results['rendered_single_digit_agreement']}. "
+        f"Results in {output_dir}"
     )
     return results
 
