@@ -73,7 +73,8 @@ def run_exported(path: Path, x: torch.Tensor) -> np.ndarray:
 
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         return session.run(None, {"images": x.numpy()})[0]
-    with torch.inference_mode():
+    with torch.inference_mode(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # jit.load: deprecated, still supported
         return torch.jit.load(str(path), map_location="cpu")(x).numpy()
 
 

@@ -14,6 +14,7 @@ import io
 import json
 import os
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -70,7 +71,9 @@ class Predictor:
     def _load_torchscript(self) -> None:
         files = {"mnist_lab.json": ""}
         try:
-            self.net = torch.jit.load(str(self.path), map_location="cpu", _extra_files=files).eval()
+            with warnings.catch_warnings():  # jit.load is deprecated in favour of torch.export, still supported
+                warnings.simplefilter("ignore", FutureWarning)
+                self.net = torch.jit.load(str(self.path), map_location="cpu", _extra_files=files).eval()
         except (RuntimeError, ValueError, OSError) as e:
             raise ModelFileError(f"{self.path} is not a usable TorchScript model ({str(e).splitlines()[0]}). Export it again.") from e
         self._read_meta(json.loads(files["mnist_lab.json"] or "{}"))
