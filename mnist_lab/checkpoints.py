@@ -121,7 +121,7 @@ def run_config(path: str | Path, checkpoint: dict[str, Any] | None = None) -> Di
         cfg = OmegaConf.load(saved)
         # Only model and data are needed; paths.output_dir points at Hydra's runtime, absent here.
         return OmegaConf.create(
-            {"model": OmegaConf.to_container(cfg.model, resolve=True), "data": OmegaConf.to_container(cfg.data, resolve=True)}
+            {k: OmegaConf.to_container(cfg[k], resolve=True) for k in ("model", "data")}
         )
     except (OmegaConfBaseException, AttributeError, ValueError) as e:
         raise CheckpointError(
@@ -167,7 +167,11 @@ def load_net(path: str | Path) -> tuple[nn.Module, DictConfig]:
         ) from e
     expected = net.state_dict()
     missing, unexpected = sorted(expected.keys() - state.keys()), sorted(state.keys() - expected.keys())
-    shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items() if k in state and state[k].shape != v.shape]
+    shapes = [
+        f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in state and state[k].shape != v.shape
+    ]
     if missing or unexpected or shapes:
         raise CheckpointError(
             f"The weights in {path} do not fit the network its config describes ({cfg.model._target_}): "

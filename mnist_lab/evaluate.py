@@ -100,7 +100,9 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     console.print(f"{s}/acc {metrics[f'{s}/acc']:.4f}   {s}/loss {metrics[f'{s}/loss']:.4f}")
     console.print(
         "most confidently wrong (index: true -> predicted, confidence): "
-        + ", ".join(f"{w['index']}: {w['true']}->{w['pred']} {w['confidence']:.3f}" for w in metrics[f"{s}/most_confident_wrong"][:10])
+        + ", ".join(
+            f"{w['index']}: {w['true']}->{w['pred']} {w['confidence']:.3f}" for w in metrics[f"{s}/most_confident_wrong"][:10]
+        )
     )
     output_dir = Path(cfg.paths.output_dir)
     write_json(output_dir / "metrics.json", metrics)

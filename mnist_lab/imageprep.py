@@ -74,7 +74,7 @@ def read_grey(path: str | Path) -> np.ndarray:
         raise ImageError(
             f"{path} is not an image Pillow can read (PNG, JPEG, BMP, GIF, TIFF, WebP): {e}. Skip or convert it."
         ) from e
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:  # truncated or damaged data inside a known format
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:  # damaged data in a known format
         raise ImageError(f"{path} cannot be decoded ({e}): the file is damaged or truncated. Save it again.") from e
     if grey.size == 0:
         raise ImageError(f"{path} has no pixels ({grey.shape}). Save the image again.")

@@ -75,7 +75,8 @@ class Predictor:
                 warnings.simplefilter("ignore", FutureWarning)
                 self.net = torch.jit.load(str(self.path), map_location="cpu", _extra_files=files).eval()
         except (RuntimeError, ValueError, OSError) as e:
-            raise ModelFileError(f"{self.path} is not a usable TorchScript model ({str(e).splitlines()[0]}). Export it again.") from e
+            reason = str(e).splitlines()[0]
+            raise ModelFileError(f"{self.path} is not a usable TorchScript model ({reason}). Export it again.") from e
         self._read_meta(json.loads(files["mnist_lab.json"] or "{}"))
 
     def _read_meta(self, meta: dict[str, Any]) -> None:
@@ -200,7 +201,9 @@ def predict(cfg: DictConfig) -> list[dict[str, Any]]:
     formats = list(cfg.formats) if isinstance(cfg.formats, ListConfig) else [cfg.formats]
     unknown = set(formats) - {"csv", "json"}
     if unknown:
-        raise UserError(f"formats={formats} holds {sorted(unknown)}: choose from csv and json, e.g. formats=[csv,json] or formats=[].")
+        raise UserError(
+            f"formats={formats} holds {sorted(unknown)}: choose from csv and json, e.g. formats=[csv,json] or formats=[]."
+        )
     predictor = Predictor(cfg.ckpt_path, batch_size=cfg.batch_size)
     inputs = cfg.inputs if isinstance(cfg.inputs, str) else list(cfg.inputs)
     files = collect_inputs(inputs)

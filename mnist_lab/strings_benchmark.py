@@ -67,7 +67,10 @@ def render_number(digits: np.ndarray, rng: np.random.Generator, max_degrees: flo
     # Touching: a digit's strokes meet or cross its neighbour's (8-neighbourhood).
     touching = any((ndimage.binary_dilation(a, np.ones((3, 3))) & b).any() for a, b in zip(strokes, strokes[1:]))
     dark_on_light = rng.random() < 0.5
-    paper, ink_level = (rng.uniform(0.75, 1.0), rng.uniform(0.0, 0.3)) if dark_on_light else (rng.uniform(0.0, 0.25), rng.uniform(0.7, 1.0))
+    if dark_on_light:
+        paper, ink_level = rng.uniform(0.75, 1.0), rng.uniform(0.0, 0.3)
+    else:
+        paper, ink_level = rng.uniform(0.0, 0.25), rng.uniform(0.7, 1.0)
     page = paper + (ink_level - paper) * alpha + rng.normal(0, rng.uniform(0, 0.04), alpha.shape)
     return (np.clip(page, 0, 1) * 255).round().astype(np.uint8), touching
 

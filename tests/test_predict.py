@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from mnist_lab.data import IDXSource
-from mnist_lab.imageprep import ImageError, ink_map, prepare, segment
+from mnist_lab.imageprep import ink_map, prepare, segment
 from mnist_lab.predict import Predictor, predict, read_files
 from mnist_lab.strings_benchmark import render_number, run_benchmark
 from tests.conftest import MNIST_DIR, compose_config
@@ -39,8 +39,8 @@ def render(digit, size, canvas, at, invert, rgb, resample=Image.LANCZOS):
 
 # (digit size, canvas (h, w), paste position, dark ink on light paper, RGB, resampling, file type).
 # Pixel-replicated renders: the small test model (96%) is sensitive to the blur of smooth
-# upscaling (bilinear: ~97% agreement with it, 99.3-99.5% with a fully trained 98.8% model;
-# Lanczos/bicubic: 98.3-99%); experiments/README.md, "Reading numbers", has the measurements.
+# upscaling; the fully trained model's agreement on bilinear/Lanczos renders is measured by
+# `python -m mnist_lab.strings_benchmark` (experiments/README.md, "Reading numbers").
 VARIANTS = {
     "100px": (100, (100, 100), (0, 0), False, False, Image.NEAREST, "png"),
     "57px_in_80x120_inverted_rgb": (57, (80, 120), (5, 40), True, True, Image.NEAREST, "png"),
