@@ -41,6 +41,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     net, run_cfg = load_net(ckpt)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     net = net.to(device)
+    # ensemble=[...]: more checkpoints whose softmax outputs are averaged with ckpt_path's.
+    members = [net] + [load_net(find_checkpoint(path))[0].to(device) for path in cfg.get("ensemble") or []]
 
     # 1. The data: the run's own, or the dataset named by data=... on the command line.
     datamodule = instantiate(cfg.data if cfg.get("data") is not None else run_cfg.data)
@@ -56,13 +58,16 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         )
 
     # 2. Logits of the whole split, in batches.
-    logits = []
+    member_probs = []
     with torch.inference_mode():
-        for start in range(0, len(y), datamodule.eval_batch_size):
-            batch = x[start : start + datamodule.eval_batch_size].to(device)
-            logits.append(net(datamodule.normalize(batch)).float().cpu())
-    logits = torch.cat(logits)
-    probs = logits.softmax(1)
+        for member in members:
+            out = []
+            for start in range(0, len(y), datamodule.eval_batch_size):
+                batch = x[start : start + datamodule.eval_batch_size].to(device)
+                out.append(member(datamodule.normalize(batch)).float().cpu())
+            member_probs.append(torch.cat(out).softmax(1))
+    probs = torch.stack(member_probs).mean(0)
+    logits = probs.clamp_min(1e-12).log()  # log of the averaged softmax: cross-entropy stays exact
     preds = probs.argmax(1)
 
     # 3. Metrics: accuracy, loss, per-class precision/recall from the confusion matrix.
@@ -86,6 +91,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         ],
         "num_examples": len(y),
         "checkpoint": str(ckpt),
+        "ensemble": [str(find_checkpoint(path)) for path in cfg.get("ensemble") or []],
+        f"{s}/acc_members": [(m.argmax(1) == y).float().mean().item() for m in member_probs],
     }
 
     # 4. Report: terminal, metrics.json, PNG figures, TensorBoard.

@@ -52,3 +52,19 @@ def test_evaluate_command_line(trained_run, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert "test/acc" in result.stdout and "precision" in result.stdout
     assert (tmp_path / "cli" / "metrics.json").exists()
+
+
+def test_ensemble_averages_softmax_of_its_members(trained_run, tmp_path):
+    single = evaluate(compose_config([f"ckpt_path={trained_run}"], tmp_path / "one", config_name="evaluate"))
+    # The same network twice: the average of two equal softmax outputs is that output.
+    twice = evaluate(compose_config([f"ckpt_path={trained_run}", f"ensemble=[{trained_run}]"], tmp_path / "two",
+                                    config_name="evaluate"))
+    assert twice["test/acc"] == single["test/acc"]
+    assert twice["test/acc_members"] == pytest.approx([single["test/acc"]] * 2)
+    assert twice["test/loss"] == pytest.approx(single["test/loss"], rel=1e-4)
+    # With the last checkpoint as a second member, each member keeps its own accuracy.
+    last = trained_run / "checkpoints" / "last.ckpt"
+    pair = evaluate(compose_config([f"ckpt_path={trained_run}", f"ensemble=[{last}]"], tmp_path / "pair",
+                                   config_name="evaluate"))
+    assert pair["test/acc_members"][0] == pytest.approx(single["test/acc"]) and len(pair["ensemble"]) == 1
+    assert min(pair["test/acc_members"]) - 0.01 <= pair["test/acc"] <= 1.0
