@@ -1,5 +1,9 @@
 """Errors a user can cause and fix: reported as one paragraph, without a traceback."""
 
+import os
+import sys
+from typing import Any, Callable
+
 
 class UserError(Exception):
     """A bad config value, missing or corrupt data, or a wrong checkpoint.
@@ -15,3 +19,17 @@ class DataError(UserError):
 
 class ConfigError(UserError):
     """A config value that is out of range or inconsistent with the rest of the config."""
+
+
+def exit_on_user_error(fn: Callable[..., Any], *args: Any) -> Any:
+    """Run fn(*args); a UserError becomes its paragraph on stderr and exit status 1.
+
+    HYDRA_FULL_ERROR=1 re-raises it, traceback included.
+    """
+    try:
+        return fn(*args)
+    except UserError as e:
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        print(f"\nError: {e}", file=sys.stderr)
+        sys.exit(1)

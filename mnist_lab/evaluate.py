@@ -8,8 +8,6 @@ to the terminal, metrics.json, PNG figures and TensorBoard, in its own output di
 
 from __future__ import annotations
 
-import os
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +19,7 @@ from omegaconf import DictConfig
 from torchmetrics.functional.classification import multiclass_confusion_matrix
 
 from mnist_lab import CONF_DIR
-from mnist_lab.errors import ConfigError, UserError
+from mnist_lab.errors import ConfigError, exit_on_user_error
 
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
@@ -131,13 +129,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="evaluate")
 def main(cfg: DictConfig) -> None:
-    try:
-        evaluate(cfg)
-    except UserError as e:
-        if os.environ.get("HYDRA_FULL_ERROR") == "1":
-            raise
-        print(f"\nError: {e}", file=sys.stderr)
-        sys.exit(1)
+    exit_on_user_error(evaluate, cfg)
 
 
 if __name__ == "__main__":

@@ -9,8 +9,6 @@ for ONNX, torch.jit.load for TorchScript) and checks that its logits match PyTor
 from __future__ import annotations
 
 import json
-import os
-import sys
 import warnings
 from pathlib import Path
 from typing import Any
@@ -23,7 +21,7 @@ from omegaconf import DictConfig
 from torch import nn
 
 from mnist_lab import CONF_DIR
-from mnist_lab.errors import ConfigError, UserError
+from mnist_lab.errors import ConfigError, UserError, exit_on_user_error
 from mnist_lab.predict import META_MEAN, META_STD
 
 SUFFIXES = {"onnx": ".onnx", "torchscript": ".pt"}
@@ -147,13 +145,7 @@ def export(cfg: DictConfig) -> dict[str, Any]:
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="export")
 def main(cfg: DictConfig) -> None:
-    try:
-        export(cfg)
-    except UserError as e:
-        if os.environ.get("HYDRA_FULL_ERROR") == "1":
-            raise
-        print(f"\nError: {e}", file=sys.stderr)
-        sys.exit(1)
+    exit_on_user_error(export, cfg)
 
 
 if __name__ == "__main__":

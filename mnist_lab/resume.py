@@ -9,10 +9,8 @@ what the checkpoint was trained with; Hydra's record of the resumed start goes t
 
 from __future__ import annotations
 
-import os
 import random
 import signal
-import tempfile
 import threading
 import time
 from datetime import datetime, timezone
@@ -26,6 +24,7 @@ from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 from pytorch_lightning.callbacks import Checkpoint
 
 from mnist_lab.errors import ConfigError, UserError
+from mnist_lab.utils import atomic_file
 
 LAST = "last.ckpt"
 
@@ -50,18 +49,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
         if storage_options is not None or "://" in str(path):  # remote paths: Lightning's own writer
             return super().save_checkpoint(checkpoint, path, storage_options)
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                torch.save(checkpoint, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with atomic_file(path, "wb") as f:
+            torch.save(checkpoint, f)
 
 
 def _rng_state() -> dict[str, Any]:

@@ -9,8 +9,6 @@ accuracy (1 - edit distance / length) and the model's accuracy on the same digit
 
 from __future__ import annotations
 
-import os
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +21,7 @@ from PIL import Image
 from scipy import ndimage
 
 from mnist_lab import CONF_DIR
-from mnist_lab.errors import ConfigError, UserError
+from mnist_lab.errors import ConfigError, exit_on_user_error
 from mnist_lab.imageprep import ImageError, prepare
 from mnist_lab.utils import write_json
 
@@ -214,13 +212,7 @@ def strings_benchmark(cfg: DictConfig) -> dict[str, Any]:
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="strings_benchmark")
 def main(cfg: DictConfig) -> None:
-    try:
-        strings_benchmark(cfg)
-    except UserError as e:
-        if os.environ.get("HYDRA_FULL_ERROR") == "1":
-            raise
-        print(f"\nError: {e}", file=sys.stderr)
-        sys.exit(1)
+    exit_on_user_error(strings_benchmark, cfg)
 
 
 if __name__ == "__main__":
