@@ -62,3 +62,20 @@ def trained_run(tmp_path_factory) -> Path:
     extra = ["data.train_size=12288", "data.batch_size=128", "optimizer.lr=0.1", "trainer.max_epochs=1", "logger=none"]
     train(compose_config([*overrides, *extra], run))
     return run
+
+
+def run_entry_point(entry, argv0: str, *args: str) -> int:
+    """Call a command-line entry point in this process (no interpreter start-up) with args as
+    its command line; returns the exit status it would have had."""
+    import sys
+
+    GlobalHydra.instance().clear()
+    old, sys.argv = sys.argv, [argv0, *args]
+    try:
+        entry()
+        return 0
+    except SystemExit as e:
+        return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    finally:
+        sys.argv = old
+        GlobalHydra.instance().clear()

@@ -23,7 +23,7 @@ from PIL import Image
 from mnist_lab.errors import ConfigError
 from mnist_lab.models import CNN
 from mnist_lab.schema import Origins, validate
-from tests.conftest import MNIST_DIR, TINY, compose_config
+from tests.conftest import MNIST_DIR, TINY, compose_config, run_entry_point
 from tests.test_reliability import run_main
 
 FINISHED = "{finished}"  # placeholders filled in per case
@@ -79,22 +79,9 @@ CASES = [
 
 def run_predict(*args: str) -> int:
     """`python -m mnist_lab.predict args` in this process; returns the exit status."""
-    import sys
-
-    from hydra.core.global_hydra import GlobalHydra
-
     from mnist_lab.predict import main
 
-    GlobalHydra.instance().clear()
-    old, sys.argv = sys.argv, ["predict", *args]
-    try:
-        main()
-        return 0
-    except SystemExit as e:
-        return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
-    finally:
-        sys.argv = old
-        GlobalHydra.instance().clear()
+    return run_entry_point(main, "predict", *args)
 
 
 def snapshot(directory: Path) -> dict[str, str]:

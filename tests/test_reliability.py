@@ -13,7 +13,6 @@ from pathlib import Path
 import pytest
 import pytorch_lightning as pl
 import torch
-from hydra.core.global_hydra import GlobalHydra
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from mnist_lab import ROOT_DIR
@@ -22,7 +21,7 @@ from mnist_lab.errors import ConfigError
 from mnist_lab.module import NonFiniteLossError
 from mnist_lab.resume import AtomicCheckpointIO, RunInterrupted, check_output_dir, resume_argv
 from mnist_lab.train import NOT_REPRODUCIBLE, train
-from tests.conftest import TINY, compose_config
+from tests.conftest import TINY, compose_config, run_entry_point
 
 # Two epochs of 8 steps with everything that has state: dropout and augmentation (global
 # RNG), SGD momentum, a per-step OneCycle schedule, val/acc_best, the shuffled order.
@@ -80,17 +79,7 @@ def run_main(*args: str) -> int:
     """`python -m mnist_lab args` in this process (no interpreter start-up); returns the exit status."""
     from mnist_lab.__main__ import cli
 
-    GlobalHydra.instance().clear()
-    old = sys.argv
-    sys.argv = ["mnist_lab", *args]
-    try:
-        cli()
-        return 0
-    except SystemExit as e:
-        return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
-    finally:
-        sys.argv = old
-        GlobalHydra.instance().clear()
+    return run_entry_point(cli, "mnist_lab", *args)
 
 
 def start_cli(run_dir: Path, *args: str) -> subprocess.Popen:
