@@ -12,6 +12,7 @@ import argparse
 import csv
 import io
 import json
+import statistics
 import sys
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ from omegaconf import OmegaConf
 from mnist_lab.errors import UserError
 from mnist_lab.utils import write_atomic
 
-METRICS = ("test/acc", "val/acc_best", "test/loss", "epochs", "train_seconds")
+METRICS = ("test/acc", "val/acc_best", "test/loss", "epochs", "train_seconds", "test_seconds")
 # Added by the Optuna sweeper to every trial (its trial number differs): not a hyper-parameter.
 HIDDEN_OVERRIDES = ("+callbacks.optuna_pruning",)
 
@@ -115,6 +116,32 @@ def markdown(header: list[str], cells: list[list[str]], title: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def over_seeds(varying: list[str], rows: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
+    """Header and cells: per setting of the other varying overrides, its finished seeds' spread.
+
+    test/acc as mean ± sample standard deviation (in %, over the jobs with status ok), its
+    min and max, and the median train_seconds and train + test seconds.
+    """
+    others = [k for k in varying if k != "seed"]
+    groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+    for r in rows:
+        if r["status"] == "ok" and r.get("test/acc") is not None:
+            groups.setdefault(tuple(r["overrides"].get(k, "") for k in others), []).append(r)
+    header = [*others, "seeds", "test/acc % mean ± std", "min", "max", "train s (median)", "train + test s (median)"]
+    cells = []
+    for setting, jobs in sorted(groups.items(), key=lambda g: -statistics.mean(j["test/acc"] for j in g[1])):
+        acc = [100 * j["test/acc"] for j in jobs]
+        std = statistics.stdev(acc) if len(acc) > 1 else 0.0
+        seeds = " ".join(sorted((j["overrides"]["seed"] for j in jobs), key=lambda v: (len(v), v)))
+        totals = [j["train_seconds"] + (j.get("test_seconds") or 0.0) for j in jobs]
+        cells.append([
+            *(_short(v) for v in setting), seeds, f"{statistics.mean(acc):.2f} ± {std:.2f}", f"{min(acc):.2f}",
+            f"{max(acc):.2f}", f"{statistics.median(j['train_seconds'] for j in jobs):.2f}",
+            f"{statistics.median(totals):.2f}",
+        ])
+    return header, cells
+
+
 def report(sweep_dir: str | Path, sort_by: str = "test/acc") -> str:
     """Write report.md and report.csv into `sweep_dir`; return the Markdown table.
 
@@ -130,6 +157,8 @@ def report(sweep_dir: str | Path, sort_by: str = "test/acc") -> str:
     counts = {s: sum(r["status"] == s for r in rows) for s in ("ok", "pruned", "failed", "incomplete")}
     summary = ", ".join(f"{n} {s}" for s, n in counts.items() if n)
     text = markdown(header, cells, f"Sweep {sweep_dir} ({len(rows)} jobs: {summary}; sorted by {sort_by})")
+    if "seed" in varying:
+        text += "\n" + markdown(*over_seeds(varying, rows), "Over seeds (finished jobs; best mean first)")
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(header)

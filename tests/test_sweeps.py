@@ -148,3 +148,29 @@ def test_report_of_a_directory_without_jobs_says_what_to_pass(tmp_path, capsys):
     assert main([str(tmp_path)]) == 1
     message = capsys.readouterr().err
     assert str(tmp_path) in message and "multirun" in message and "Traceback" not in message
+
+
+def test_report_gives_each_settings_spread_over_seeds(tmp_path):
+    """A seed sweep's report ends with mean ± std per setting; failed jobs are left out of it."""
+    jobs = [  # (batch_size, seed, test/acc, train_seconds, test_seconds), or None metrics: failed
+        ("64", "0", 0.9900, 7.0, 1.0), ("64", "1", 0.9910, 8.0, 1.0), ("64", "2", 0.9920, 9.0, 1.0),
+        ("128", "0", 0.9800, 5.0, 0.5), ("128", "1", None, None, None),
+    ]
+    for n, (batch, seed, acc, train_s, test_s) in enumerate(jobs):
+        job = tmp_path / str(n)
+        (job / ".hydra").mkdir(parents=True)
+        (job / ".hydra" / "overrides.yaml").write_text(f"- data.batch_size={batch}\n- seed={seed}\n")
+        if acc is None:
+            (job / "error.txt").write_text("data.batch_size=128 broke\n\nTraceback ...")
+        else:
+            metrics = {"test/acc": acc, "train_seconds": train_s, "test_seconds": test_s, "epochs": 1}
+            (job / "metrics.json").write_text(json.dumps(metrics))
+    text = report(tmp_path)
+    seeds_table = text.split("# Over seeds")[1].splitlines()
+    rows = [line.strip("| ").split(" | ") for line in seeds_table[4:]]
+    assert seeds_table[2].startswith("| data.batch_size | seeds | test/acc % mean ± std")
+    assert rows == [
+        ["64", "0 1 2", "99.10 ± 0.10", "99.00", "99.20", "8.00", "9.00"],
+        ["128", "0", "98.00 ± 0.00", "98.00", "98.00", "5.00", "5.50"],
+    ]
+    assert (tmp_path / "report.md").read_text() == text
