@@ -33,3 +33,25 @@ def test_scaling_smoke():
     assert result.returncode == 0, result.stderr[-3000:]
     rows = [ln.split() for ln in result.stdout.splitlines()[1:]]
     assert [(r[0], r[1]) for r in rows] == [("640", "64"), ("640", "128")]
+
+
+def test_widths_smoke():
+    result = subprocess.run(
+        [sys.executable, "benchmarks/widths.py", "--widths", "16/32", "8/16", "--batches", "32", "--steps", "2",
+         "--reps", "1"],
+        cwd=ROOT_DIR, capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = [ln.split() for ln in result.stdout.splitlines()[2:]]
+    assert [(r[0], r[1]) for r in rows] == [("16/32", "32"), ("8/16", "32")]
+    assert all(float(r[3]) > 0 and float(r[4]) > 0 for r in rows)
+    # the parameter count is the model's: a 16/32 CNN with batch norm has 207,226
+    assert rows[0][2] == "207226"
+
+
+def test_widths_names_a_malformed_width():
+    result = subprocess.run(
+        [sys.executable, "benchmarks/widths.py", "--widths", "16x32"], cwd=ROOT_DIR, capture_output=True, text=True,
+        timeout=600,
+    )
+    assert result.returncode != 0 and "16x32" in result.stderr

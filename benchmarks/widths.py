@@ -1,0 +1,94 @@
+"""Training-step time of mnist_lab's CNN against its conv widths and the batch size.
+
+    python benchmarks/widths.py                                  # the table in benchmarks/README.md
+    python benchmarks/widths.py --widths 16/32 --batches 64 --steps 3 --reps 1   # smoke run
+
+Why it exists: on CPU the cost of a convolution is not proportional to its multiply-adds.
+oneDNN has fast kernels for some channel counts and not others, so a network with fewer
+channels can be slower. This measures one optimizer step (forward, cross-entropy, backward,
+Adam) of `mnist_lab.models.CNN` with batch norm, in channels_last, on random inputs (the
+time does not depend on the pixel values), for each conv1/conv2 width pair. The pairs run
+alternately within each repetition, and the figure is the median over repetitions of the
+mean step time, so machine noise hits all pairs alike. `epoch s` is that step time times
+the steps of one 55k-image epoch: compute only, without Lightning's per-step overhead,
+validation or data indexing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+
+from mnist_lab.models import CNN
+
+TRAIN_IMAGES = 55_000  # the training split of every MNIST run (60k minus 5k validation)
+
+
+def step_seconds(net: torch.nn.Module, batch: int, steps: int, channels_last: bool) -> float:
+    """Mean seconds of one training step over `steps` steps, after two warm-up steps."""
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    x = torch.randn(batch, 1, 28, 28).contiguous(memory_format=fmt)
+    y = torch.randint(0, 10, (batch,))
+    optimizer = torch.optim.Adam(net.parameters(), lr=1e-3)
+
+    def one_step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        F.cross_entropy(net(x), y).backward()
+        optimizer.step()
+
+    for _ in range(2):  # oneDNN picks and caches its kernels on the first calls
+        one_step()
+    start = time.perf_counter()
+    for _ in range(steps):
+        one_step()
+    return (time.perf_counter() - start) / steps
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--widths", nargs="+", default=["32/64", "16/32", "24/32", "32/32", "12/24", "8/16", "16/64"],
+                   help="conv1/conv2 channel pairs")
+    p.add_argument("--batches", type=int, nargs="+", default=[64, 128])
+    p.add_argument("--hidden", type=int, default=128)
+    p.add_argument("--steps", type=int, default=40, help="timed steps per measurement")
+    p.add_argument("--reps", type=int, default=3, help="alternating repetitions; the median is reported")
+    p.add_argument("--no-channels-last", action="store_true", help="PyTorch's default NCHW layout instead")
+    args = p.parse_args()
+
+    pairs = []
+    for w in args.widths:
+        try:
+            c1, c2 = (int(v) for v in w.split("/"))
+        except ValueError:
+            raise SystemExit(f"--widths {w!r}: give conv1/conv2 channel counts such as 16/32.") from None
+        pairs.append((c1, c2))
+    torch.manual_seed(0)
+    fmt = torch.contiguous_format if args.no_channels_last else torch.channels_last
+    nets = {
+        (c1, c2): CNN(conv1_channels=c1, conv2_channels=c2, hidden=args.hidden, batch_norm=True).to(memory_format=fmt)
+        for c1, c2 in pairs
+    }
+    times: dict[tuple[int, int, int], list[float]] = {}
+    for _ in range(args.reps):
+        for batch in args.batches:
+            for pair, net in nets.items():
+                t = step_seconds(net, batch, args.steps, not args.no_channels_last)
+                times.setdefault((*pair, batch), []).append(t)
+
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
+          f"{'NCHW' if args.no_channels_last else 'channels_last'}, hidden {args.hidden}, batch norm")
+    print(f"{'conv1/conv2':>11} {'batch':>6} {'params':>8} {'ms/step':>8} {'epoch s':>8}")
+    for (c1, c2, batch), ts in times.items():
+        ms = statistics.median(ts) * 1e3
+        params = sum(p.numel() for p in nets[(c1, c2)].parameters())
+        epoch = ms / 1e3 * math.ceil(TRAIN_IMAGES / batch)
+        print(f"{f'{c1}/{c2}':>11} {batch:>6} {params:>8} {ms:8.2f} {epoch:8.2f}")
+
+
+if __name__ == "__main__":
+    main()
