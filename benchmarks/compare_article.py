@@ -209,13 +209,17 @@ def main() -> None:
             print(f"rep {rep + 1} {name:<40} median epoch {statistics.median(r['epoch_seconds']):6.2f} s  "
                   f"test acc {r['test_acc']:.4f}", flush=True)
     summary = [summarise(name, runs) for name, runs in results.items()]
-    base = summary[0]["median_epoch_s"]
-    print(f"\n{'':<40} {'epoch s':>8} {'img/s':>8} {'peak MiB':>9} {'ratio':>6}  test acc (per rep)")
+    base, base_rate = summary[0]["median_epoch_s"], summary[0]["images_per_s"]
+    # ratio: of the median epoch times (the figure issue 5 asks for); per image: of the
+    # seconds per training image, since mnist_lab's epoch is 55k images (5k held out for
+    # validation) where the article's loop trains on all 60k.
+    print(f"\n{'':<40} {'epoch s':>8} {'img/s':>8} {'peak MiB':>9} {'ratio':>6} {'per img':>7}  test acc (per rep)")
     for s in summary:
         s["ratio_vs_article"] = s["median_epoch_s"] / base
+        s["per_image_ratio_vs_article"] = base_rate / s["images_per_s"]
         accs = " ".join(f"{a:.4f}" for a in s["test_acc"])
         print(f"{s['name']:<40} {s['median_epoch_s']:8.2f} {s['images_per_s']:8.0f} {s['peak_rss_mib']:9.0f} "
-              f"{s['ratio_vs_article']:6.2f}  {accs}")
+              f"{s['ratio_vs_article']:6.3f} {s['per_image_ratio_vs_article']:7.3f}  {accs}")
     if args.json:
         args.json.write_text(json.dumps({"args": vars(args), "summary": summary, "runs": results}, indent=2, default=str))
 
