@@ -220,17 +220,23 @@ def _walk(node: DictConfig, prefix: str, problems: list[Problem]) -> None:
     """Check every node: missing values, unresolvable interpolations, target signatures."""
     for key in node.keys():
         path = f"{prefix}{key}"
-        if OmegaConf.is_missing(node, key):
-            problems.append(Problem(path, "???", "is required but not set: give it a value on the command line or in the config"))
-            continue
-        try:
-            value = node[key]
-        except OmegaConfBaseException as e:
-            msg = str(e).splitlines()[0]
-            problems.append(Problem(path, _raw(node, key), f"cannot be resolved ({msg}): fix the interpolation"))
-            continue
-        if isinstance(value, DictConfig):
+        found, value = _value(node, key, path, problems)
+        if found and isinstance(value, DictConfig):
             _check_node(value, path, problems)
+
+
+
+def _value(node: DictConfig, key: Any, path: str, problems: list[Problem]) -> tuple[bool, Any]:
+    """(True, node[key]); or (False, None) with a Problem when it is `???` or does not resolve."""
+    if OmegaConf.is_missing(node, key):
+        problems.append(Problem(path, "???", "is required but not set: give it a value on the command line or in the config"))
+        return False, None
+    try:
+        return True, node[key]
+    except OmegaConfBaseException as e:
+        msg = str(e).splitlines()[0]
+        problems.append(Problem(path, _raw(node, key), f"cannot be resolved ({msg}): fix the interpolation"))
+        return False, None
 
 
 def _check_node(node: DictConfig, path: str, problems: list[Problem]) -> None:
@@ -272,13 +278,8 @@ def _check_target(node: DictConfig, path: str, problems: list[Problem]) -> None:
             allowed = {n for n, p in params.items() if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
             problems.append(Problem(sub, _raw(node, key), _unknown_reason(key, allowed, where, f"The allowed keys are the arguments of {target_name}.")))
             continue
-        if OmegaConf.is_missing(node, key):
-            problems.append(Problem(sub, "???", "is required but not set: give it a value on the command line or in the config"))
-            continue
-        try:
-            value = node[key]
-        except OmegaConfBaseException as e:
-            problems.append(Problem(sub, _raw(node, key), f"cannot be resolved ({str(e).splitlines()[0]}): fix the interpolation"))
+        found, value = _value(node, key, sub, problems)
+        if not found:
             continue
         hint = hints.get(key)
         if hint is not None:

@@ -118,10 +118,11 @@ def log_hparams(logger: TensorBoardLogger, cfg: DictConfig, metrics: dict[str, A
     scalars test/acc etc. already exist, so only the summary that links them is written.
     """
     params = {k: v for k, v in flatten(cfg).items() if not k.startswith(("paths/", "hydra/"))}
-    final = {k: float(metrics[k]) for k in HPARAM_METRICS if metrics.get(k) is not None}
-    # val/acc_best and test/* are scalars already (logged by the loops); train time is not.
-    logger.experiment.add_scalar("time/train_seconds", metrics["train_seconds"], metrics["global_steps"])
-    final = {k.replace("train_seconds", "time/train_seconds"): v for k, v in final.items()}
+    # val/acc_best and test/* are scalars already (logged by the loops); train time is not,
+    # so it is logged here under a tag of its own and the HParams tab links that tag.
+    tags = {k: "time/train_seconds" if k == "train_seconds" else k for k in HPARAM_METRICS}
+    final = {tags[k]: float(metrics[k]) for k in HPARAM_METRICS if metrics.get(k) is not None}
+    logger.experiment.add_scalar(tags["train_seconds"], metrics["train_seconds"], metrics["global_steps"])
     file_writer = logger.experiment._get_file_writer()
     for summary in hparams(params, final):
         file_writer.add_summary(summary)
