@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import shutil
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -175,6 +176,34 @@ def test_batches_cover_each_sample_once_and_resume_mid_epoch():
     resumed = TensorBatches(x, y, batch_size=3, shuffle=True, seed=7)
     resumed.load_state_dict(state)
     assert [b[1].tolist() for b in resumed] == uninterrupted[2:]
+
+
+def _on(device: str) -> SimpleNamespace:
+    """The parts of a Trainer the datamodule reads: its device and DDP place."""
+    return SimpleNamespace(strategy=SimpleNamespace(root_device=torch.device(device)), global_rank=0, world_size=1)
+
+
+def test_on_device_serves_every_batch_from_one_copy_on_the_device():
+    # The meta device stands in for a GPU: tensors there have shapes and devices, no data.
+    dm = DigitsDataModule(IDXSource(str(MNIST_DIR)), on_device=True, train_size=640)
+    dm.setup()
+    dm.trainer = _on("meta")
+    batches = list(dm.train_dataloader())
+    assert len(batches) == 10 and all(x.device.type == y.device.type == "meta" for x, y in batches)
+    assert batches[0][0].shape == (64, 1, 28, 28) and batches[0][0].dtype == torch.uint8
+    assert dm.val_dataloader().x is dm.val_dataloader().x  # copied once, not per epoch
+    assert next(iter(dm.test_dataloader()))[0].device.type == "meta"
+    assert dm.splits.train_x.device.type == "cpu"  # the host copy stays as loaded
+
+
+def test_on_device_gives_the_same_batches_as_host_batches():
+    host, placed = (DigitsDataModule(IDXSource(str(MNIST_DIR)), on_device=flag, train_size=640) for flag in (False, True))
+    for dm in (host, placed):
+        dm.setup()
+        dm.trainer = _on("cpu")
+    for _ in range(2):  # two epochs: two shuffled orders
+        for (hx, hy), (px, py) in zip(host.train_dataloader(), placed.train_dataloader(), strict=True):
+            assert torch.equal(hx, px) and torch.equal(hy, py)
 
 
 def test_random_affine_is_per_sample_and_keeps_shape():
