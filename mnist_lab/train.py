@@ -25,7 +25,7 @@ HPARAM_METRICS = ("test/acc", "test/loss", "val/acc_best", "train_seconds")
 # metrics.json fields that differ between two runs of the same config and seed: wall-clock
 # times, and the best checkpoint's path (it lies in the run's own directory). Every other
 # field is bit-identical on CPU (tests/test_reliability.py checks it).
-NOT_REPRODUCIBLE = ("train_seconds", "test_seconds", "epoch_seconds", "best_checkpoint")
+NOT_REPRODUCIBLE = ("train_seconds", "test_seconds", "epoch_seconds", "val_seconds", "best_checkpoint")
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
@@ -81,7 +81,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         raise NonFiniteLossError(f"{e} {describe_checkpoint(resumable.last_path)}") from e
     train_seconds = resumable.train_seconds()  # resumed runs: all parts together
     # Read now: trainer.test(ckpt_path=best) restores callback states from that checkpoint.
-    epoch_seconds = list(timer.epoch_seconds)
+    epoch_seconds, val_seconds = list(timer.epoch_seconds), list(timer.val_seconds)
     val_acc_best = trainer.callback_metrics.get("val/acc_best")
     checkpoint = next((c for c in callbacks if isinstance(c, ModelCheckpoint)), None)
     best = checkpoint.best_model_path if checkpoint is not None and checkpoint.best_model_path else None
@@ -97,7 +97,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             "epochs": trainer.current_epoch,
             "global_steps": trainer.global_step,
             "train_seconds": train_seconds,
-            "epoch_seconds": epoch_seconds,
+            "epoch_seconds": epoch_seconds,  # the training batches of each epoch
+            "val_seconds": val_seconds,  # each epoch's validation
             "best_checkpoint": best,
         }
     )

@@ -88,3 +88,30 @@ def test_epoch_times_survive_testing_an_earlier_checkpoint(tiny_cfg):
     metrics = train(cfg)
     assert "best-epoch000" in metrics["best_checkpoint"]
     assert metrics["epochs"] == 2 and len(metrics["epoch_seconds"]) == 2
+
+
+def test_epoch_timer_stops_its_clock_during_validation(monkeypatch):
+    """epoch_seconds is the training batches alone; validation goes to val_seconds."""
+    from types import SimpleNamespace
+
+    from mnist_lab import callbacks
+
+    clock = iter([0.0, 1.0, 2.0, 7.0, 9.0, 10.0, 20.0, 21.0])
+    monkeypatch.setattr(callbacks.time, "perf_counter", lambda: next(clock))
+    logged = []
+    module = SimpleNamespace(log_dict=logged.append)
+    timer = callbacks.EpochTimer()
+    timer.on_validation_start(None, module)  # the sanity check, before training: not counted
+    timer.on_validation_end(None, module)
+    timer.on_train_start(None, module)  # t=0
+    timer.on_train_epoch_start(None, module)  # t=1: the epoch starts
+    timer.on_validation_start(None, module)  # t=2: 1 s of training, then validation
+    timer.on_validation_end(None, module)  # t=7: 5 s of validation
+    timer.on_validation_start(None, module)  # t=9: 2 s more training (mid-epoch validation)
+    timer.on_validation_end(None, module)  # t=10: 1 s of validation
+    timer.on_train_epoch_end(None, module)  # t=20: 10 s more training
+    assert timer.epoch_seconds == [13.0] and timer.val_seconds == [6.0]
+    assert logged == [{"time/epoch_s": 13.0, "time/val_s": 6.0}]
+    timer.on_train_epoch_start(None, module)  # t=21
+    state = timer.state_dict()
+    assert state == {"epoch_seconds": [13.0], "val_seconds": [6.0]}
