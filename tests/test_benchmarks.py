@@ -55,3 +55,14 @@ def test_widths_names_a_malformed_width():
         timeout=600,
     )
     assert result.returncode != 0 and "16x32" in result.stderr
+
+
+def test_eval_batch_smoke():
+    result = subprocess.run(
+        [sys.executable, "benchmarks/eval_batch.py", "--batches", "64", "128", "--reps", "1", "--limit", "2"],
+        cwd=ROOT_DIR, capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = [ln.split() for ln in result.stdout.splitlines() if ln.strip() and ln.split()[0].isdigit()]
+    assert [r[0] for r in rows] == ["64", "128"]
+    assert all(float(r[1]) > 0 and float(r[2]) > 0 for r in rows)
