@@ -22,8 +22,8 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
 from mnist_lab import CONF_DIR
-from mnist_lab.module import Classifier
-from mnist_lab.schema import setup_data
+from mnist_lab.classifier import Classifier
+from mnist_lab.train import setup_data
 
 
 def main() -> None:

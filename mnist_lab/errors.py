@@ -1,16 +1,26 @@
-"""Errors a user can cause and fix: reported as one paragraph, without a traceback."""
+"""Errors a user can cause and fix, and the one boundary where they become a paragraph and an exit code.
+
+Every entry point (`python -m mnist_lab`, the tools in mnist_lab/tools/) runs its work through
+`user_errors()`: a UserError, also when Hydra's instantiate wrapped it, is printed as its
+own paragraph on stderr, without a traceback, and the process exits with its `exit_code`
+(1; 130/143 after Ctrl-C/SIGTERM). HYDRA_FULL_ERROR=1 lets it through with its traceback.
+"""
+
+from __future__ import annotations
 
 import os
 import sys
-from typing import Any, Callable
+from contextlib import contextmanager
+from typing import Iterator
 
 
 class UserError(Exception):
     """A bad config value, missing or corrupt data, or a wrong checkpoint.
 
     The message is the whole report: it names the value, the reason and the fix.
-    `python -m mnist_lab` prints it and exits 1; HYDRA_FULL_ERROR=1 shows the traceback.
     """
+
+    exit_code = 1
 
 
 class DataError(UserError):
@@ -21,15 +31,47 @@ class ConfigError(UserError):
     """A config value that is out of range or inconsistent with the rest of the config."""
 
 
-def exit_on_user_error(fn: Callable[..., Any], *args: Any) -> Any:
-    """Run fn(*args); a UserError becomes its paragraph on stderr and exit status 1.
+class CheckpointError(UserError):
+    """A checkpoint or weights file that is missing, unreadable, or does not fit the network."""
 
-    HYDRA_FULL_ERROR=1 re-raises it, traceback included.
-    """
+
+class NonFiniteLossError(UserError):
+    """The training loss or the weights became NaN or infinite."""
+
+
+class RunInterrupted(UserError):
+    """SIGINT or SIGTERM stopped training; the state was saved to checkpoints/last.ckpt."""
+
+    def __init__(self, message: str, signum: int) -> None:
+        super().__init__(message)
+        self.exit_code = 128 + signum  # the shell's convention: 130 for Ctrl-C, 143 for SIGTERM
+
+
+def user_error(e: BaseException | None) -> UserError | None:
+    """The UserError behind e, also when hydra.utils.instantiate wrapped it, or None."""
+    while e is not None and not isinstance(e, UserError):
+        e = e.__cause__
+    return e
+
+
+def failure_message(e: BaseException) -> str:
+    """A user error's own paragraph; any other exception with its type."""
+    return str(user_error(e) or f"{type(e).__name__}: {e}")
+
+
+def full_errors() -> bool:
+    """HYDRA_FULL_ERROR=1: show tracebacks instead of the one-paragraph report."""
+    return os.environ.get("HYDRA_FULL_ERROR") == "1"
+
+
+@contextmanager
+def user_errors() -> Iterator[None]:
+    """Turn a UserError raised inside into its paragraph on stderr and its exit code."""
     try:
-        return fn(*args)
-    except UserError as e:
-        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+        yield
+    except Exception as e:
+        error = user_error(e)
+        if error is None or full_errors():
             raise
-        print(f"\nError: {e}", file=sys.stderr)
-        sys.exit(1)
+        print(f"\nError: {error}", file=sys.stderr)
+        sys.exit(error.exit_code)

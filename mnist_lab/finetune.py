@@ -29,8 +29,7 @@ import pytorch_lightning as pl
 import torch
 from torch import nn
 
-from mnist_lab.errors import ConfigError, UserError
-from mnist_lab.utils import write_json
+from mnist_lab.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -39,10 +38,6 @@ log = logging.getLogger(__name__)
 OTHER = "other"
 # The validation metrics the Classifier hands to FineTune.observe().
 MONITORS = ("val/acc", "val/loss")
-
-
-class CheckpointError(UserError):
-    """A pretrained checkpoint that is missing, unreadable or does not fit the model."""
 
 
 class FineTune:
@@ -109,6 +104,7 @@ class FineTune:
         self.best: float | None = None
         self.bad_rounds = 0
         self._applied: frozenset[str] | None = None
+        self._bound: nn.Module | None = None
         # Several processes (DDP): DistributedDataParallel registers the parameters that
         # require grad when it wraps the model and never syncs ones that start requiring it
         # later. There every parameter keeps requires_grad and frozen groups instead lose
@@ -117,7 +113,12 @@ class FineTune:
 
     # ----- checking the strategy against the model --------------------------------------
     def bind(self, net: nn.Module) -> None:
-        """Check every group the strategy names against `net.group_names` (ConfigError if unknown)."""
+        """Check every group the strategy names against `net.group_names` (ConfigError if unknown).
+
+        Binding the same network again does nothing.
+        """
+        if self._bound is net:
+            return
         self.group_names = tuple(getattr(net, "group_names", ()))
         named = {
             "frozen": self.frozen,
@@ -141,6 +142,7 @@ class FineTune:
             )
         if self.on_plateau and self.on_plateau["order"] is None:  # head first, like ULMFiT
             self.on_plateau["order"] = [g for g in reversed(self.group_names) if g in self.frozen]
+        self._bound = net
 
     def lr_multiplier(self, group: str) -> float:
         """The factor between the optimizer's configured lr and this group's lr."""
@@ -266,101 +268,3 @@ def _plateau_options(on_plateau: Mapping[str, Any] | None) -> dict[str, Any] | N
     opts["order"] = None if opts["order"] is None else list(opts["order"])
     return opts
 
-
-# ----- pretrained weights ---------------------------------------------------------------
-def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """The network weights in a Lightning checkpoint or a plain state_dict file, keys without `net.`."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(
-            f"finetune.checkpoint={path} does not exist. Point it at a run's checkpoints/*.ckpt or a state_dict "
-            "file; `python -m mnist_lab experiment=pretrain_mnist` writes checkpoints/pretrained/mnist_cnn.pt."
-        )
-    try:
-        # weights_only: a checkpoint is data; refusing pickled code keeps a bad file harmless.
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # truncated file, pickle of another kind, not a torch file at all
-        raise CheckpointError(
-            f"finetune.checkpoint={path} cannot be read as a PyTorch checkpoint ({type(e).__name__}: "
-            f"{str(e).splitlines()[0] if str(e) else ''}). Use a .ckpt written by mnist_lab or a torch.save'd "
-            "state_dict."
-        ) from e
-    state = obj.get("state_dict", obj) if isinstance(obj, dict) else None
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise CheckpointError(
-            f"finetune.checkpoint={path} holds no state_dict (a mapping of parameter names to tensors). Use a "
-            ".ckpt written by mnist_lab or a torch.save'd model.state_dict()."
-        )
-    if any(k.startswith("net.") for k in state):  # a Classifier's checkpoint: the network is `net`
-        state = {k[4:]: v for k, v in state.items() if k.startswith("net.")}
-    return state
-
-
-def load_pretrained(net: nn.Module, path: str | Path) -> list[str]:
-    """Load `path` into `net`; a head of another size stays freshly initialised. Returns those keys.
-
-    Raises CheckpointError, before any training, listing every missing, unexpected or
-    mismatched parameter with its shapes, when anything but the head does not fit.
-    """
-    state = read_state_dict(path)
-    own = net.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    mismatched = [k for k in own if k in state and state[k].shape != own[k].shape]
-    head = [k for k in mismatched if k.startswith("head.")]
-    mismatched = [k for k in mismatched if k not in head]
-    if missing or unexpected or mismatched:
-        lines = [f"{k}: checkpoint {tuple(state[k].shape)}, model {tuple(own[k].shape)}" for k in mismatched]
-        lines += [f"{k}: missing from the checkpoint (model {tuple(own[k].shape)})" for k in missing]
-        lines += [f"{k}: in the checkpoint {tuple(state[k].shape)}, not in the model" for k in unexpected]
-        raise CheckpointError(
-            f"finetune.checkpoint={path} does not fit {type(net).__name__}: " + "; ".join(lines) + ". Use the "
-            "model config the checkpoint was trained with (model=..., model.batch_norm=..., widths), or another "
-            "checkpoint."
-        )
-    if head:
-        log.warning(
-            "Fine-tune: the checkpoint's head has shape %s, the model's %s (another number of classes): "
-            "the head is re-initialised, every other layer loaded from %s",
-            tuple(state[head[0]].shape), tuple(own[head[0]].shape), path,
-        )
-    net.load_state_dict({k: v for k, v in state.items() if k not in head}, strict=False)
-    return head
-
-
-class ExportWeights(pl.Callback):
-    """At the end of fit, save the best checkpoint's network as a plain state_dict at a stable path.
-
-    Refuses (before training) to replace an existing file unless `overwrite`, so a rerun
-    never silently replaces weights that fine-tuning runs were made from.
-
-    Args:
-        path: where the state_dict goes (a `.json` beside it records its origin).
-        overwrite: replace an existing file.
-    """
-
-    def __init__(self, path: str, overwrite: bool = False) -> None:
-        self.path, self.overwrite = Path(path), overwrite
-
-    def on_fit_start(self, trainer, pl_module) -> None:
-        if self.path.exists() and not self.overwrite and trainer.ckpt_path is None:
-            raise ConfigError(
-                f"{self.path} already exists (see {self.path.with_suffix('.json')} for the run it came from): "
-                "refusing to replace it. Move it away, or pass callbacks.export_weights.overwrite=true, or "
-                "callbacks.export_weights.path=<another file>."
-            )
-
-    def on_fit_end(self, trainer, pl_module) -> None:
-        if not trainer.is_global_zero:
-            return
-        ckpt = trainer.checkpoint_callback
-        best = ckpt.best_model_path if ckpt is not None and ckpt.best_model_path else None
-        state = read_state_dict(best) if best else {k: v.cpu() for k, v in pl_module.net.state_dict().items()}
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(f".{self.path.name}.tmp")
-        torch.save(state, tmp)
-        tmp.replace(self.path)  # atomic: a kill leaves the old file or the new one
-        score = None if ckpt is None or ckpt.best_model_score is None else float(ckpt.best_model_score)
-        origin = {"checkpoint": best, "val/acc": None if score is None or math.isnan(score) else score}
-        write_json(self.path.with_suffix(".json"), origin)
-        log.info("Exported the network weights of %s to %s", best or "the last epoch", self.path)

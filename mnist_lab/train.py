@@ -11,20 +11,20 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
 from pytorch_lightning.loggers import TensorBoardLogger
-from torch.utils.tensorboard.summary import hparams
 
-from mnist_lab.callbacks import EpochTimer
-from mnist_lab.finetune import load_pretrained
-from mnist_lab.module import Classifier, NonFiniteLossError
-from mnist_lab.resume import AtomicCheckpointIO, Resumable, check_output_dir, describe_checkpoint
-from mnist_lab.schema import setup_data, validate
-from mnist_lab.utils import environment_record, flatten, write_json
+from mnist_lab.callbacks import EpochTimer, Resumable
+from mnist_lab.checkpoints import LAST, AtomicCheckpointIO, describe_checkpoint, load_pretrained
+from mnist_lab.classifier import Classifier
+from mnist_lab.config import Origins, build, validate
+from mnist_lab.config.migrate import migrate
+from mnist_lab.errors import NonFiniteLossError, UserError
+from mnist_lab.files import write_json
+from mnist_lab.records import environment_record, log_hparams
+from mnist_lab.rundir import check_output_dir
 
-# The final metrics a run reports; the HParams tab shows these beside the flattened config.
-HPARAM_METRICS = ("test/acc", "test/loss", "val/acc_best", "train_seconds")
 # metrics.json fields that differ between two runs of the same config and seed: wall-clock
 # times, and the best checkpoint's path (it lies in the run's own directory). Every other
-# field is bit-identical on CPU (tests/test_reliability.py checks it).
+# field is bit-identical on one machine (tests/test_reliability.py checks it).
 NOT_REPRODUCIBLE = ("train_seconds", "test_seconds", "epoch_seconds", "val_seconds", "best_checkpoint")
 
 
@@ -32,22 +32,17 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     """Train, validate every epoch, test the best checkpoint; return the final metrics."""
     # 0. Fail fast: keys, types, ranges, files and model/checkpoint fit, before any data is read;
     # never write into an earlier run's directory unless resuming it.
-    validate(cfg)
+    built = validate(migrate(cfg))  # seeds every RNG, then builds the network and the strategy: once
+    net, finetune = built.net, built.finetune
     output_dir = Path(cfg.paths.output_dir)
     check_output_dir(output_dir, cfg.get("ckpt_path"))
     if not (output_dir / "environment.json").exists():  # a resumed run keeps its first record
         write_json(output_dir / "environment.json", environment_record())
-    pl.seed_everything(cfg.seed, workers=True)
 
-    # 1. Data, model and the LightningModule that trains it.
+    # 1. Data, then the starting weights: pretrained ones when finetune.checkpoint is set (a
+    # resumed run takes all its weights from ckpt_path instead).
     datamodule = setup_data(cfg)  # reads the files: bad files and labels_per_class fail here
-    net = instantiate(cfg.model)
-    # 1b. Fine-tuning (conf/finetune): check the strategy's group names against the model,
-    # then start from the pretrained weights if finetune.checkpoint is set; both fail here,
-    # before training. A resumed run (ckpt_path) takes all its weights from ckpt_path instead.
-    finetune = instantiate(cfg.finetune)
-    finetune.bind(net)
-    if finetune.checkpoint and cfg.get("ckpt_path") is None:
+    if finetune is not None and finetune.checkpoint and cfg.get("ckpt_path") is None:
         load_pretrained(net, finetune.checkpoint)
     module = Classifier(
         net=net,
@@ -62,11 +57,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
     # 2. Callbacks, loggers, trainer.
     callbacks = [instantiate(c) for c in cfg.callbacks.values() if c is not None]
-    callbacks.append(timer := EpochTimer())
-    # last.ckpt after every validation, every N steps and on SIGINT/SIGTERM; RNG states in it.
-    resumable = Resumable(output_dir / "checkpoints", cfg.get("checkpoint_every_n_steps"))
+    callbacks.append(timer := EpochTimer())  # the Classifier adds its FineTuneSchedule itself
     if cfg.trainer.get("enable_checkpointing", True):  # Lightning refuses checkpoint callbacks otherwise
-        callbacks.append(resumable)
+        # last.ckpt after every validation, every N steps and on SIGINT/SIGTERM; RNG states in it.
+        callbacks.append(Resumable(output_dir / "checkpoints", cfg.get("checkpoint_every_n_steps")))
     loggers = [instantiate(c) for c in cfg.logger.values() if c is not None] if cfg.get("logger") else []
     if not loggers:  # Lightning refuses a learning-rate monitor with nothing to log to
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
@@ -78,9 +72,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
     except NonFiniteLossError as e:
-        raise NonFiniteLossError(f"{e} {describe_checkpoint(resumable.last_path)}") from e
-    train_seconds = resumable.train_seconds()  # resumed runs: all parts together
+        raise NonFiniteLossError(f"{e} {describe_checkpoint(output_dir / 'checkpoints' / LAST)}") from e
     # Read now: trainer.test(ckpt_path=best) restores callback states from that checkpoint.
+    train_seconds = timer.train_seconds()  # resumed runs: all parts together
     epoch_seconds, val_seconds = list(timer.epoch_seconds), list(timer.val_seconds)
     val_acc_best = trainer.callback_metrics.get("val/acc_best")
     checkpoint = next((c for c in callbacks if isinstance(c, ModelCheckpoint)), None)
@@ -103,7 +97,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         }
     )
 
-    # 4. Records: metrics.json, the environment, and the HParams tab with the real metrics.
+    # 4. Records: metrics.json, and the HParams tab with the real metrics.
     if trainer.is_global_zero:
         write_json(output_dir / "metrics.json", metrics)
         for lg in trainer.loggers:
@@ -112,19 +106,15 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     return metrics
 
 
-def log_hparams(logger: TensorBoardLogger, cfg: DictConfig, metrics: dict[str, Any]) -> None:
-    """Fill TensorBoard's HParams tab: the flattened config against the run's final metrics.
+def setup_data(cfg: DictConfig, overrides: list[str] | None = None, choices: dict[str, str | None] | None = None):
+    """Instantiate and set up the data module: read the files, split, subset (labels_per_class).
 
-    Lightning's own log_hyperparams would log the metrics again as scalars at step 0; the
-    scalars test/acc etc. already exist, so only the summary that links them is written.
+    A UserError that names a key (`data.labels_per_class=...`) is re-raised with where that
+    value came from.
     """
-    params = {k: v for k, v in flatten(cfg).items() if not k.startswith(("paths/", "hydra/"))}
-    # val/acc_best and test/* are scalars already (logged by the loops); train time is not,
-    # so it is logged here under a tag of its own and the HParams tab links that tag.
-    tags = {k: "time/train_seconds" if k == "train_seconds" else k for k in HPARAM_METRICS}
-    final = {tags[k]: float(metrics[k]) for k in HPARAM_METRICS if metrics.get(k) is not None}
-    logger.experiment.add_scalar(tags["train_seconds"], metrics["train_seconds"], metrics["global_steps"])
-    file_writer = logger.experiment._get_file_writer()
-    for summary in hparams(params, final):
-        file_writer.add_summary(summary)
-    logger.experiment.flush()
+    datamodule = build(cfg.data)
+    try:
+        datamodule.setup("fit")
+    except UserError as e:
+        raise Origins.from_hydra(overrides, choices).attribute(e) from e
+    return datamodule

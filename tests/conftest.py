@@ -53,7 +53,7 @@ def trained_run(tmp_path_factory) -> Path:
     """A run directory of a small trained CNN (12,288 images, 1 epoch: 96.0% test accuracy, ~20 s).
 
     Shared by the tests of evaluate, predict and export; tested on the full 10k test set so
-    that its metrics.json can be compared with `python -m mnist_lab.evaluate`.
+    that its metrics.json can be compared with `python -m mnist_lab evaluate`.
     """
     from mnist_lab.train import train
 

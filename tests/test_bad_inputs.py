@@ -1,7 +1,7 @@
 """A battery of bad inputs: each exits non-zero with one clear paragraph and touches no earlier output.
 
 Config values, data files, checkpoints, run directories and images, each through the real
-command line (`python -m mnist_lab` / `python -m mnist_lab.predict`, run in this process to
+command line (`python -m mnist_lab` / `python -m mnist_lab predict`, run in this process to
 skip the interpreter start-up). Every case checks the exit status, the key phrases of the
 message, that no traceback is printed, that the failed run wrote no checkpoint or metrics,
 and that a finished earlier run is byte for byte unchanged.
@@ -22,7 +22,7 @@ from PIL import Image
 
 from mnist_lab.errors import ConfigError
 from mnist_lab.models import CNN
-from mnist_lab.schema import Origins, validate
+from mnist_lab.config import Origins, validate
 from tests.conftest import MNIST_DIR, TINY, compose_config, run_entry_point
 from tests.test_reliability import run_main
 
@@ -67,7 +67,7 @@ CASES = [
     ("resume-a-finished-run", "resume", ["resume={finished}"], 1, ["finished", "metrics.json"]),
     ("resume-before-the-first-checkpoint", "resume", ["resume={bad}/nockpt"], 1, ["no checkpoints/last.ckpt"]),
     ("new-run-into-an-earlier-runs-directory", "resume", ["hydra.run.dir={finished}"], 1, ["already holds a run"]),
-    # --- images (python -m mnist_lab.predict): per-file errors give exit 2 ---
+    # --- images (python -m mnist_lab predict): per-file errors give exit 2 ---
     ("empty-image", "predict", ["inputs={bad}/empty.png"], 2, ["empty.png", "is empty"]),
     ("text-file-named-png", "predict", ["inputs={bad}/notes.png"], 2, ["notes.png", "not an image"]),
     ("truncated-image", "predict", ["inputs={bad}/truncated.png"], 2, ["truncated.png", "cannot be decoded"]),
@@ -78,8 +78,8 @@ CASES = [
 
 
 def run_predict(*args: str) -> int:
-    """`python -m mnist_lab.predict args` in this process; returns the exit status."""
-    from mnist_lab.predict import main
+    """`python -m mnist_lab predict args` in this process; returns the exit status."""
+    from mnist_lab.tools.predict import main
 
     return run_entry_point(main, "predict", *args)
 

@@ -11,7 +11,7 @@ import torch
 from hydra.utils import instantiate
 
 from mnist_lab import CONF_DIR, ROOT_DIR
-from mnist_lab.schema import validate
+from mnist_lab.config import validate
 from tests.conftest import compose_config
 
 GROUPS = ["model", "optimizer", "scheduler", "data", "finetune", "trainer", "logger", "callbacks"]

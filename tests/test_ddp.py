@@ -12,7 +12,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from mnist_lab.data import TensorBatches
-from mnist_lab.module import Classifier
+from mnist_lab.classifier import Classifier
 from tests.conftest import TINY, compose_config
 
 

@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from mnist_lab.errors import ConfigError
-from mnist_lab.evaluate import evaluate
+from mnist_lab.tools.evaluate import evaluate
 from tests.conftest import compose_config
 
 
@@ -45,7 +45,7 @@ def test_evaluate_on_the_validation_split_and_bad_values(trained_run, tmp_path):
 
 def test_evaluate_command_line(trained_run, tmp_path):
     result = subprocess.run(
-        [sys.executable, "-m", "mnist_lab.evaluate", f"ckpt_path={trained_run}", "data=mnist", "data.eval_batch_size=2000",
+        [sys.executable, "-m", "mnist_lab", "evaluate", f"ckpt_path={trained_run}", "data=mnist", "data.eval_batch_size=2000",
          f"hydra.run.dir={tmp_path}/cli"],
         capture_output=True, text=True, timeout=300,
     )

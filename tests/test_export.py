@@ -10,8 +10,8 @@ import torch
 
 from mnist_lab.checkpoints import load_net
 from mnist_lab.data import IDXSource
-from mnist_lab.export import ExportError, export, run_exported
-from mnist_lab.predict import Predictor
+from mnist_lab.tools.export import ExportError, export, run_exported
+from mnist_lab.inference.predictor import Predictor
 from tests.conftest import MNIST_DIR, compose_config
 
 
@@ -60,7 +60,7 @@ def test_foreign_onnx_file_is_refused(tmp_path):
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 10])],
     )
     onnx.save(helper.make_model(graph), tmp_path / "foreign.onnx")
-    from mnist_lab.predict import ModelFileError
+    from mnist_lab.inference.predictor import ModelFileError
 
     with pytest.raises(ModelFileError, match="normalisation"):
         Predictor(tmp_path / "foreign.onnx")

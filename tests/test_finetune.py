@@ -14,9 +14,11 @@ from hydra.utils import instantiate
 from mnist_lab import CONF_DIR
 from mnist_lab.data import DigitsDataModule, IDXSource, Splits
 from mnist_lab.errors import ConfigError
-from mnist_lab.finetune import CheckpointError, FineTune, load_pretrained
+from mnist_lab.checkpoints import load_pretrained
+from mnist_lab.errors import CheckpointError
+from mnist_lab.finetune import FineTune
 from mnist_lab.models import CNN, MLP
-from mnist_lab.module import Classifier
+from mnist_lab.classifier import Classifier
 from mnist_lab.train import train
 from tests.conftest import MNIST_DIR, TINY, compose_config
 
@@ -316,7 +318,7 @@ def test_pretrain_export_then_finetune_on_uci_digits(tmp_path):
 def test_transfer_table_from_job_directories(tmp_path, capsys):
     from omegaconf import OmegaConf
 
-    from mnist_lab.finetune_table import main
+    from mnist_lab.tools.finetune_table import main
 
     def job(n, strategy, checkpoint, labels, seed, acc):
         d = tmp_path / "sweep" / str(n)

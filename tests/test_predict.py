@@ -11,9 +11,10 @@ import pytest
 from PIL import Image
 
 from mnist_lab.data import IDXSource
-from mnist_lab.imageprep import ink_map, prepare, segment
-from mnist_lab.predict import Predictor, predict, read_files
-from mnist_lab.strings_benchmark import render_number, run_benchmark
+from mnist_lab.inference.imageprep import ink_map, prepare, segment
+from mnist_lab.inference.predictor import Predictor
+from mnist_lab.tools.predict import predict, read_files
+from mnist_lab.tools.strings_benchmark import render_number, run_benchmark
 from tests.conftest import MNIST_DIR, compose_config
 
 
@@ -40,7 +41,7 @@ def render(digit, size, canvas, at, invert, rgb, resample=Image.LANCZOS):
 # (digit size, canvas (h, w), paste position, dark ink on light paper, RGB, resampling, file type).
 # Pixel-replicated renders: the small test model (96%) is sensitive to the blur of smooth
 # upscaling; the fully trained model's agreement on bilinear/Lanczos renders is measured by
-# `python -m mnist_lab.strings_benchmark` (experiments/README.md, "Reading numbers").
+# `python -m mnist_lab strings_benchmark` (experiments/README.md, "Reading numbers").
 VARIANTS = {
     "100px": (100, (100, 100), (0, 0), False, False, Image.NEAREST, "png"),
     "57px_in_80x120_inverted_rgb": (57, (80, 120), (5, 40), True, True, Image.NEAREST, "png"),
@@ -146,7 +147,7 @@ def test_bad_files_get_their_own_error_and_the_others_are_read(test_digits, trai
     assert np.asarray(Image.open(prepared)).shape == (28, 28)
     # The command line: same results, exit status 2 because some files failed.
     result = subprocess.run(
-        [sys.executable, "-m", "mnist_lab.predict", f"ckpt_path={trained_run}", f"inputs={inputs}", f"hydra.run.dir={tmp_path}/cli"],
+        [sys.executable, "-m", "mnist_lab", "predict", f"ckpt_path={trained_run}", f"inputs={inputs}", f"hydra.run.dir={tmp_path}/cli"],
         capture_output=True, text=True, timeout=300,
     )
     assert result.returncode == 2, result.stderr[-2000:]
@@ -156,7 +157,8 @@ def test_bad_files_get_their_own_error_and_the_others_are_read(test_digits, trai
 def test_bad_checkpoints_give_one_paragraph(trained_run, tmp_path):
     import torch
 
-    from mnist_lab.checkpoints import CheckpointError, load_net
+    from mnist_lab.checkpoints import load_net
+    from mnist_lab.errors import CheckpointError
 
     ckpt = next((trained_run / "checkpoints").glob("best-*.ckpt"))
     foreign = tmp_path / "foreign.ckpt"
@@ -179,7 +181,7 @@ def test_bad_checkpoints_give_one_paragraph(trained_run, tmp_path):
     assert cfg.model._target_ == "mnist_lab.models.CNN"
     # On the command line: one paragraph, exit status 1, no traceback.
     result = subprocess.run(
-        [sys.executable, "-m", "mnist_lab.predict", f"ckpt_path={truncated}", f"inputs={tmp_path}", f"hydra.run.dir={tmp_path}/o"],
+        [sys.executable, "-m", "mnist_lab", "predict", f"ckpt_path={truncated}", f"inputs={tmp_path}", f"hydra.run.dir={tmp_path}/o"],
         capture_output=True, text=True, timeout=300,
     )
     assert result.returncode == 1 and "truncated or corrupted" in result.stderr and "Traceback" not in result.stderr

@@ -18,8 +18,10 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from mnist_lab import ROOT_DIR
 from mnist_lab.data import TensorBatches
 from mnist_lab.errors import ConfigError
-from mnist_lab.module import NonFiniteLossError
-from mnist_lab.resume import AtomicCheckpointIO, RunInterrupted, check_output_dir, resume_argv
+from mnist_lab.errors import NonFiniteLossError
+from mnist_lab.checkpoints import AtomicCheckpointIO
+from mnist_lab.errors import RunInterrupted
+from mnist_lab.rundir import check_output_dir, resume_argv
 from mnist_lab.train import NOT_REPRODUCIBLE, train
 from tests.conftest import TINY, compose_config, run_entry_point
 

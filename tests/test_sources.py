@@ -17,7 +17,7 @@ import torch
 from hydra.utils import instantiate
 
 from mnist_lab.errors import ConfigError, DataError
-from mnist_lab.sources import TorchvisionSource, UCIDigitsSource, to_mnist_form
+from mnist_lab.data import TorchvisionSource, UCIDigitsSource, to_mnist_form
 from tests.conftest import compose_config
 
 

@@ -10,7 +10,7 @@ import optuna
 from optuna.trial import TrialState
 from tensorboard.backend.event_processing.event_multiplexer import EventMultiplexer
 
-from mnist_lab.report import report
+from mnist_lab.tools.report import report
 from tests.conftest import TINY
 
 # Two test batches of 500 and 500 validation images: each job of a sweep takes seconds.
@@ -143,7 +143,7 @@ def test_launcher_configs_compose_with_their_plugins():
 
 
 def test_report_of_a_directory_without_jobs_says_what_to_pass(tmp_path, capsys):
-    from mnist_lab.report import main
+    from mnist_lab.tools.report import main
 
     assert main([str(tmp_path)]) == 1
     message = capsys.readouterr().err

@@ -1,6 +1,6 @@
-"""`python -m mnist_lab.predict ckpt_path=PATH inputs=FILE_OR_DIR`: read digits and numbers in image files.
+"""`python -m mnist_lab predict ckpt_path=PATH inputs=FILE_OR_DIR`: read digits and numbers in image files.
 
-Each image is prepared as MNIST was (mnist_lab.imageprep), cut into digits when it holds a
+Each image is prepared as MNIST was (mnist_lab.inference.imageprep), cut into digits when it holds a
 number, and classified; per file it prints the text and the top-3 probabilities of every
 digit, and writes predictions.csv / predictions.json to its output directory. A file that
 cannot be read or holds no ink gets its own error line; the others are still read, and the
@@ -12,94 +12,19 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 import sys
-import warnings
 from pathlib import Path
 from typing import Any
 
 import hydra
 import numpy as np
-import torch
 from omegaconf import DictConfig, ListConfig
 
 from mnist_lab import CONF_DIR
-from mnist_lab.errors import UserError
-from mnist_lab.imageprep import IMAGE_SUFFIXES, ImageError, prepare, read_grey
+from mnist_lab.errors import UserError, user_errors
+from mnist_lab.inference.imageprep import IMAGE_SUFFIXES, ImageError, prepare, read_grey
+from mnist_lab.inference.predictor import Predictor
 
-# Metadata keys that `mnist_lab.export` stores in exported files (how inputs are normalised).
-META_MEAN, META_STD = "mnist_lab.mean", "mnist_lab.std"
-
-
-class ModelFileError(UserError):
-    """A model file that predict cannot use."""
-
-
-class Predictor:
-    """A trained model behind one call: MNIST-style uint8 digits (N, 28, 28) -> probabilities (N, K).
-
-    Args:
-        path: a checkpoint (.ckpt, or a run directory: its best one), or a file written by
-            `python -m mnist_lab.export`: ONNX (.onnx, run by onnxruntime) or TorchScript (.pt).
-        batch_size: digits per forward pass.
-    """
-
-    def __init__(self, path: str | Path, batch_size: int = 1000) -> None:
-        self.path, self.batch_size = Path(path), batch_size
-        self.session = self.net = None
-        if self.path.suffix == ".onnx":
-            self._load_onnx()
-        elif self.path.suffix in (".pt", ".ts"):
-            self._load_torchscript()
-        else:
-            from mnist_lab.checkpoints import load_net
-
-            self.net, cfg = load_net(self.path)
-            self.mean, self.std = float(cfg.data.mean), float(cfg.data.std)
-
-    def _load_onnx(self) -> None:
-        import onnxruntime as ort
-
-        if not self.path.is_file():
-            raise ModelFileError(f"ckpt_path={self.path} does not exist. Pass a file from `python -m mnist_lab.export`.")
-        try:
-            self.session = ort.InferenceSession(str(self.path), providers=["CPUExecutionProvider"])
-        except Exception as e:  # onnxruntime raises its own Fail/InvalidGraph/... types
-            raise ModelFileError(f"{self.path} is not a usable ONNX model ({str(e).splitlines()[0]}). Export it again.") from e
-        self._read_meta(self.session.get_modelmeta().custom_metadata_map)
-
-    def _load_torchscript(self) -> None:
-        files = {"mnist_lab.json": ""}
-        try:
-            with warnings.catch_warnings():  # jit.load is deprecated in favour of torch.export, still supported
-                warnings.simplefilter("ignore", FutureWarning)
-                self.net = torch.jit.load(str(self.path), map_location="cpu", _extra_files=files).eval()
-        except (RuntimeError, ValueError, OSError) as e:
-            reason = str(e).splitlines()[0]
-            raise ModelFileError(f"{self.path} is not a usable TorchScript model ({reason}). Export it again.") from e
-        self._read_meta(json.loads(files["mnist_lab.json"] or "{}"))
-
-    def _read_meta(self, meta: dict[str, Any]) -> None:
-        if META_MEAN not in meta or META_STD not in meta:
-            raise ModelFileError(
-                f"{self.path} carries no normalisation ({META_MEAN}, {META_STD}): it was not written by "
-                "`python -m mnist_lab.export`, so the inputs it expects are unknown. Export the checkpoint "
-                "with mnist_lab, or pass the checkpoint itself."
-            )
-        self.mean, self.std = float(meta[META_MEAN]), float(meta[META_STD])
-
-    def __call__(self, digits: np.ndarray) -> np.ndarray:
-        out = []
-        for start in range(0, len(digits), self.batch_size):
-            x = torch.from_numpy(digits[start : start + self.batch_size]).float()[:, None]  # (B, 1, 28, 28)
-            x = (x / 255 - self.mean) / self.std  # as DigitsDataModule.normalize
-            if self.session is not None:
-                logits = torch.from_numpy(self.session.run(None, {self.session.get_inputs()[0].name: x.numpy()})[0])
-            else:
-                with torch.inference_mode():
-                    logits = self.net(x)
-            out.append(logits.float().softmax(1).numpy())
-        return np.concatenate(out) if out else np.zeros((0, 10), np.float32)
 
 
 def collect_inputs(inputs: str | list[str]) -> list[Path]:
@@ -221,13 +146,8 @@ def predict(cfg: DictConfig) -> list[dict[str, Any]]:
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="predict")
 def main(cfg: DictConfig) -> None:
-    try:
+    with user_errors():
         records = predict(cfg)
-    except UserError as e:
-        if os.environ.get("HYDRA_FULL_ERROR") == "1":
-            raise
-        print(f"\nError: {e}", file=sys.stderr)
-        sys.exit(1)
     if any(r["error"] for r in records):
         sys.exit(2)
 

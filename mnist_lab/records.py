@@ -1,62 +1,18 @@
-"""Small helpers of the training recipe: config printing, atomic files, run records."""
+"""A run's records beside its metrics: the environment it ran in, and TensorBoard's HParams tab."""
 
 from __future__ import annotations
 
-import json
-import os
 import platform
 import subprocess
-import tempfile
-from contextlib import contextmanager
-from pathlib import Path
-from typing import IO, Any, Iterator
+from typing import Any
 
-import rich
-import rich.syntax
-import rich.tree
 from omegaconf import DictConfig, OmegaConf
+from torch.utils.tensorboard.summary import hparams
 
 import mnist_lab
 
-
-def print_config_tree(cfg: DictConfig, resolve: bool = True) -> None:
-    """Print the composed config as a rich tree, one branch per top-level group."""
-    tree = rich.tree.Tree("config", style="bold")
-    for key, value in cfg.items():
-        branch = tree.add(str(key), style="bold cyan")
-        text = OmegaConf.to_yaml(value, resolve=resolve) if isinstance(value, DictConfig) else repr(value)
-        branch.add(rich.syntax.Syntax(text.rstrip(), "yaml"))
-    rich.print(tree)
-
-
-@contextmanager
-def atomic_file(path: str | Path, mode: str = "w") -> Iterator[IO]:
-    """Open a temp file beside `path`; on success it replaces `path` in one rename.
-
-    A kill at any moment leaves either the old content or the new, never a half-written file.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, mode) as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def write_atomic(path: str | Path, text: str) -> None:
-    """Write a text file atomically (see atomic_file)."""
-    with atomic_file(path) as f:
-        f.write(text)
-
-
-def write_json(path: str | Path, data: Any) -> None:
-    write_atomic(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
+# The final metrics a run reports; the HParams tab shows these beside the flattened config.
+HPARAM_METRICS = ("test/acc", "test/loss", "val/acc_best", "train_seconds")
 
 
 def flatten(cfg: DictConfig | dict, prefix: str = "") -> dict[str, Any]:
@@ -111,3 +67,21 @@ def environment_record() -> dict[str, Any]:
     except (OSError, subprocess.SubprocessError):
         record["git_commit"] = None
     return record
+
+
+def log_hparams(logger: Any, cfg: DictConfig, metrics: dict[str, Any]) -> None:
+    """Fill TensorBoard's HParams tab of a TensorBoardLogger: the flattened config against the run's final metrics.
+
+    Lightning's own log_hyperparams would log the metrics again as scalars at step 0; the
+    scalars test/acc etc. already exist, so only the summary that links them is written.
+    """
+    params = {k: v for k, v in flatten(cfg).items() if not k.startswith(("paths/", "hydra/"))}
+    # val/acc_best and test/* are scalars already (logged by the loops); train time is not,
+    # so it is logged here under a tag of its own and the HParams tab links that tag.
+    tags = {k: "time/train_seconds" if k == "train_seconds" else k for k in HPARAM_METRICS}
+    final = {tags[k]: float(metrics[k]) for k in HPARAM_METRICS if metrics.get(k) is not None}
+    writer = logger.experiment  # a SummaryWriter; add_scalar opens its event file (writer.file_writer)
+    writer.add_scalar(tags["train_seconds"], metrics["train_seconds"], metrics["global_steps"])
+    for summary in hparams(params, final):
+        writer.file_writer.add_summary(summary)
+    writer.flush()

@@ -26,13 +26,14 @@ from typing import Any, Callable, Literal, Union
 
 import torch
 import yaml
-from hydra.errors import InstantiationException
-from hydra.utils import get_object, instantiate
+from hydra.utils import get_object
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from mnist_lab import CONF_DIR, ROOT_DIR
-from mnist_lab.errors import ConfigError, UserError
+from mnist_lab import CONF_DIR
+from mnist_lab.config.objects import Built, Problem, build_and_check
+from mnist_lab.config.origins import Origins
+from mnist_lab.errors import ConfigError
 
 # Keys that steer hydra.utils.instantiate instead of being passed to the target.
 INSTANTIATE_KEYS = {"_target_", "_partial_", "_recursive_", "_convert_", "_args_"}
@@ -98,14 +99,8 @@ RULES: list[tuple[str, Callable[[Any], bool], str]] = [
 PATH_KEYS = ("ckpt_path", "*.checkpoint")
 
 
-class Problem(typing.NamedTuple):
-    path: str
-    value: Any
-    reason: str  # what is wrong and what is allowed
-
-
-def validate(cfg: DictConfig, overrides: list[str] | None = None, choices: dict[str, str | None] | None = None) -> None:
-    """Raise one ConfigError listing every problem of `cfg`, each as one paragraph.
+def validate(cfg: DictConfig, overrides: list[str] | None = None, choices: dict[str, str | None] | None = None) -> Built:
+    """Raise one ConfigError listing every problem of `cfg`, each as one paragraph; else return the built network and strategy.
 
     Args:
         cfg: the composed config.
@@ -114,11 +109,14 @@ def validate(cfg: DictConfig, overrides: list[str] | None = None, choices: dict[
     """
     origins = Origins.from_hydra(overrides, choices)
     problems = check_keys_types_ranges(cfg)
+    built = Built(None, None, problems)
     if not problems:  # building objects from a config with wrong types would only add noise
-        problems = check_objects(cfg)
+        built = build_and_check(cfg)
+        problems = built.problems
     if problems:
         head = f"{len(problems)} problems in the config:\n\n" if len(problems) > 1 else ""
         raise ConfigError(head + "\n\n".join(origins.explain(p) for p in problems))
+    return built
 
 
 # ---------------------------------------------------------------------------------------
@@ -363,183 +361,3 @@ def _describe(hint: Any) -> str:
         return "a string"
     return f"a {getattr(hint, '__name__', str(hint))} object (a node with _target_)"
 
-
-# ---------------------------------------------------------------------------------------
-# Objects: build the cheap parts (network, fine-tune strategy, optimizer) and check how
-# they fit together and with ckpt_path, still before any data is read.
-
-
-def check_objects(cfg: DictConfig) -> list[Problem]:
-    problems: list[Problem] = []
-    try:
-        net = build(cfg.model)
-    except Exception as e:
-        return [Problem("model", _raw(cfg, "model")["_target_"], f"cannot be built: {_cause(e)}")]
-    try:
-        build(cfg.optimizer)(net.parameters())
-    except Exception as e:
-        problems.append(Problem("optimizer", OmegaConf.to_container(cfg.optimizer), f"is rejected by the optimizer: {_cause(e)}"))
-    if isinstance(cfg.get("finetune"), DictConfig) and "_target_" in cfg.finetune:
-        try:
-            strategy = build(cfg.finetune)
-            if hasattr(strategy, "bind"):
-                strategy.bind(net)  # its group names against the model's group_names
-        except Exception as e:
-            problems.append(Problem("finetune", cfg.finetune._target_, f"does not fit the model: {_cause(e)}"))
-    ckpt = cfg.get("ckpt_path")
-    if isinstance(ckpt, str) and Path(ckpt).is_file():
-        reason = checkpoint_mismatch(ckpt, net)
-        if reason:
-            problems.append(Problem("ckpt_path", ckpt, reason))
-    return problems
-
-
-def build(node: DictConfig, **kwargs: Any) -> Any:
-    """hydra.utils.instantiate, re-raising a UserError from the constructor unwrapped.
-
-    Hydra wraps every constructor error in an InstantiationException; a ConfigError inside
-    already is the one-paragraph report and should reach the user as it is.
-    """
-    try:
-        return instantiate(node, **kwargs)
-    except InstantiationException as e:
-        cause = e.__cause__
-        while isinstance(cause, InstantiationException) and cause.__cause__ is not None:
-            cause = cause.__cause__
-        if isinstance(cause, UserError):
-            raise cause from None
-        raise
-
-
-def _cause(e: BaseException) -> str:
-    if isinstance(e, InstantiationException) and e.__cause__ is not None:
-        e = e.__cause__
-    return str(e) if isinstance(e, UserError) else f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
-
-
-def checkpoint_mismatch(path: str, net: torch.nn.Module) -> str | None:
-    """Why a Lightning checkpoint cannot resume training of `net`, or None when it can."""
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        return (
-            f"is not a readable checkpoint ({type(e).__name__}: {str(e).splitlines()[0][:200]}): the file is "
-            "truncated, corrupt or not a torch checkpoint. Use another checkpoint (checkpoints/last.ckpt "
-            "or best-*.ckpt of a run)"
-        )
-    state = ckpt.get("state_dict") if isinstance(ckpt, dict) else None
-    if not isinstance(state, dict) or "optimizer_states" not in ckpt:
-        return (
-            "is not a Lightning training checkpoint (no state_dict / optimizer_states): ckpt_path resumes "
-            "training and needs a checkpoint written by a run (checkpoints/last.ckpt); to start from plain "
-            "weights use finetune.checkpoint"
-        )
-    own = {f"net.{k}": v.shape for k, v in net.state_dict().items()}
-    theirs = {k: v.shape for k, v in state.items() if k.startswith("net.")}
-    diff = [f"{k}: checkpoint {tuple(theirs[k])}, model {tuple(s)}" for k, s in own.items() if k in theirs and theirs[k] != s]
-    diff += [f"{k} missing from the checkpoint" for k in own if k not in theirs]
-    diff += [f"{k} in the checkpoint, not in the model" for k in theirs if k not in own]
-    if diff:
-        shown = "; ".join(diff[:4]) + (f"; and {len(diff) - 4} more" if len(diff) > 4 else "")
-        return (
-            f"was written by a different network than model={type(net).__name__} configures ({shown}). Use the "
-            "model config the checkpoint was trained with (resume=<run dir> does that), or another checkpoint"
-        )
-    return None
-
-
-# ---------------------------------------------------------------------------------------
-# Where a value came from.
-
-
-class Origins:
-    """Finds where a config value was set: override, experiment file, group file, conf/config.yaml.
-
-    Args:
-        overrides: the command-line overrides, as Hydra records them.
-        choices: group -> chosen option (Hydra's runtime.choices); None outside Hydra.
-        saved_config: the run's saved config when the run is a resume, else None.
-    """
-
-    def __init__(self, overrides: list[str], choices: dict[str, str | None] | None, saved_config: str | None = None) -> None:
-        self.overrides, self.choices, self.saved_config = overrides, choices or {}, saved_config
-
-    @classmethod
-    def from_hydra(cls, overrides: list[str] | None, choices: dict[str, str | None] | None) -> "Origins":
-        saved = None
-        if overrides is None or choices is None:
-            from hydra.core.hydra_config import HydraConfig
-
-            if HydraConfig.initialized():
-                hc = HydraConfig.get()
-                overrides = list(hc.overrides.task) if overrides is None else overrides
-                choices = dict(hc.runtime.choices) if choices is None else choices
-                if str(hc.output_subdir or "").startswith(".hydra/resume-"):
-                    saved = f"{hc.runtime.output_dir}/.hydra/config.yaml"
-        return cls(list(overrides or []), choices, saved)
-
-    def __call__(self, path: str) -> str:
-        parsed = [(ov, *ov.partition("=")[::2]) for ov in reversed(self.overrides)]  # the last one wins
-        for ov, key, _ in parsed:  # a value set on the command line
-            key = key.lstrip("+~")
-            if key not in self.choices and (path == key or path.startswith(key + ".")):
-                return f"the command-line override `{ov}`"
-        for ov, key, value in parsed:  # a group file chosen on the command line
-            key = key.lstrip("+~").replace("/", ".")
-            if key.replace(".", "/") in self.choices and (path == key or path.startswith(key + ".")):
-                return f"the config group file conf/{key.replace('.', '/')}/{value}.yaml, chosen by the command-line override `{ov}`"
-        if self.saved_config:
-            return f"the run's saved config {self.saved_config}"
-        experiment = self.choices.get("experiment")
-        if experiment and _has_path(ROOT_DIR / "experiments" / f"{experiment}.yaml", path):
-            return f"the experiment file experiments/{experiment}.yaml"
-        for group in sorted(self.choices, key=len, reverse=True):
-            dotted = group.replace("/", ".")
-            if group.startswith("hydra") or not (path == dotted or path.startswith(dotted + ".")):
-                continue
-            choice = self.choices[group]
-            return f"the config group file conf/{group}/{choice}.yaml" if choice else f"the `{group}` config group"
-        top = path.split(".")[0]
-        if (CONF_DIR / top).is_dir():
-            return f"the `{top}` config group (conf/{top}/)"
-        return "conf/config.yaml"
-
-    def explain(self, p: Problem) -> str:
-        value = p.value if isinstance(p.value, str) and p.value == "???" else repr(p.value)
-        return f"`{p.path}` = {value} {p.reason.rstrip('.')}. It came from {self(p.path)}; fix it there."
-
-    def attribute(self, error: UserError) -> UserError:
-        """The same error with where its key came from, when the message starts with `key=value`."""
-        m = re.match(r"([a-z_][\w.]*)=", str(error))
-        if not m:
-            return error
-        try:
-            return type(error)(f"{error} It came from {self(m.group(1))}.")
-        except TypeError:  # an error class with another constructor: keep it as it is
-            return error
-
-
-def _has_path(yaml_file: Path, path: str) -> bool:
-    try:
-        node = yaml.safe_load(yaml_file.read_text()) or {}
-    except (OSError, yaml.YAMLError):
-        return False
-    for part in path.split("."):
-        if not isinstance(node, dict) or part not in node:
-            return False
-        node = node[part]
-    return True
-
-
-def setup_data(cfg: DictConfig, overrides: list[str] | None = None, choices: dict[str, str | None] | None = None):
-    """Instantiate and set up the data module: read the files, split, subset (labels_per_class).
-
-    A ConfigError or DataError that names a key (`data.labels_per_class=...`) is re-raised
-    with where that value came from.
-    """
-    datamodule = build(cfg.data)
-    try:
-        datamodule.setup("fit")
-    except UserError as e:
-        raise Origins.from_hydra(overrides, choices).attribute(e) from e
-    return datamodule

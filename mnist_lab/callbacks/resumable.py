@@ -1,56 +1,20 @@
-"""Interrupted runs: atomic checkpoints, save-on-signal, exact resume in the same run directory.
-
-`python -m mnist_lab resume=<run dir> [overrides]` is rewritten (before Hydra starts) into
-a run of the directory's saved `.hydra/config.yaml` with `hydra.run.dir=<run dir>` and
-`ckpt_path=<run dir>/checkpoints/last.ckpt`. The saved config, not conf/ as it is today, is
-what the checkpoint was trained with; Hydra's record of the resumed start goes to
-`.hydra/resume-<time>/` so the original `.hydra/` files stay as they were.
-"""
+"""Keeping a run resumable: last.ckpt after every validation, every N steps and on signals."""
 
 from __future__ import annotations
 
 import random
 import signal
 import threading
-import time
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 from pytorch_lightning.callbacks import Checkpoint
 
-from mnist_lab.errors import ConfigError, UserError
-from mnist_lab.utils import atomic_file
-
-LAST = "last.ckpt"
-
-
-class RunInterrupted(UserError):
-    """SIGINT or SIGTERM stopped training; the state was saved to checkpoints/last.ckpt."""
-
-    def __init__(self, message: str, signum: int) -> None:
-        super().__init__(message)
-        self.exit_code = 128 + signum  # the shell's convention: 130 for Ctrl-C, 143 for SIGTERM
-
-
-class AtomicCheckpointIO(TorchCheckpointIO):
-    """torch.save into a temporary file beside the target, then os.replace onto it.
-
-    Lightning's TorchCheckpointIO writes the target file in place, so a kill during the
-    write (a 1.7 MB CNN checkpoint takes ~10 ms, a large model seconds) leaves a truncated
-    file that torch.load cannot read. A rename is atomic on POSIX: the file is the old one
-    or the new one, never half of each.
-    """
-
-    def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
-        if storage_options is not None or "://" in str(path):  # remote paths: Lightning's own writer
-            return super().save_checkpoint(checkpoint, path, storage_options)
-        with atomic_file(path, "wb") as f:
-            torch.save(checkpoint, f)
+from mnist_lab.checkpoints import LAST
+from mnist_lab.errors import NonFiniteLossError, RunInterrupted
 
 
 def _rng_state() -> dict[str, Any]:
@@ -107,8 +71,6 @@ class Resumable(Checkpoint):
         self.dirpath = Path(dirpath)
         self.every_n_train_steps = every_n_train_steps
         self.signum: int | None = None
-        self.train_seconds_before = 0.0  # restored from the checkpoint on resume
-        self._fit_start = time.perf_counter()
         self._rng_to_restore: dict[str, Any] | None = None
         self._previous_handlers: dict[int, Any] = {}
 
@@ -116,26 +78,18 @@ class Resumable(Checkpoint):
     def last_path(self) -> Path:
         return self.dirpath / LAST
 
-    def train_seconds(self) -> float:
-        """Training wall-clock seconds of this run, earlier (interrupted) parts included."""
-        return self.train_seconds_before + time.perf_counter() - self._fit_start
-
     # -- state in every checkpoint -------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        return {"rng": _rng_state(), "train_seconds": self.train_seconds()}
+        return {"rng": _rng_state()}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._rng_to_restore = state_dict["rng"]
-        self.train_seconds_before = state_dict["train_seconds"]
 
     # -- signals -------------------------------------------------------------------------
     def _handler(self, signum: int, frame: Any) -> None:
         if self.signum == signal.SIGINT and signum == signal.SIGINT:
             raise KeyboardInterrupt  # a second Ctrl-C: stop now, without a checkpoint
         self.signum = signum
-
-    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._fit_start = time.perf_counter()
 
     def _restore_handlers(self) -> None:
         for signum, handler in self._previous_handlers.items():
@@ -171,8 +125,6 @@ class Resumable(Checkpoint):
     # -- saving --------------------------------------------------------------------------
     def check_finite(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Raise NonFiniteLossError when the weights are NaN/inf (before anything saves them)."""
-        from mnist_lab.module import NonFiniteLossError
-
         if not parameters_finite(pl_module):
             raise NonFiniteLossError(
                 f"The weights became NaN or infinite by step {trainer.global_step} (epoch {trainer.current_epoch}): "
@@ -209,89 +161,3 @@ class Resumable(Checkpoint):
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.check_finite(trainer, pl_module)
 
-
-def describe_checkpoint(path: Path) -> str:
-    """One sentence on a checkpoint that a failed run leaves behind."""
-    if not path.exists():
-        return "No checkpoint had been written yet."
-    try:
-        step = torch.load(path, map_location="cpu", weights_only=True).get("global_step")
-    except Exception:  # a description only: the file's own problems are reported when it is used
-        step = "?"
-    return f"The last good checkpoint, {path} (step {step}), is kept."
-
-
-# ---------------------------------------------------------------------------------------
-# The run directory: never overwrite an earlier run; `resume=<run dir>` reuses it in place.
-
-
-def check_output_dir(output_dir: Path, ckpt_path: str | None) -> None:
-    """Refuse a directory that holds an earlier run, unless this is that run resuming."""
-    if (output_dir / "metrics.json").exists():
-        raise ConfigError(
-            f"{output_dir} already holds a finished run (metrics.json): refusing to overwrite it. "
-            "Choose another paths.output_dir / hydra.run.dir (the default makes a new time-stamped one per run); "
-            f"to train it further, start a new run from its weights with ckpt_path={output_dir / 'checkpoints' / LAST}."
-        )
-    earlier = sorted((output_dir / "checkpoints").glob("*.ckpt"))
-    resuming = ckpt_path is not None and Path(ckpt_path).resolve().parent == (output_dir / "checkpoints").resolve()
-    if earlier and not resuming:
-        raise ConfigError(
-            f"{output_dir} holds checkpoints of an earlier, unfinished run ({earlier[0].name}): refusing to "
-            f"overwrite them. Continue that run with `python -m mnist_lab resume={output_dir}`, or choose "
-            "another output directory."
-        )
-
-
-def _quote(value: str) -> str:
-    """A path as a Hydra override value (quoted: paths may hold '=', ',' or spaces)."""
-    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
-
-
-def resume_argv(argv: list[str]) -> list[str]:
-    """Rewrite `resume=<run dir> [overrides]` into the saved run's config in the same directory.
-
-    Other command lines are returned unchanged, after refusing an explicit `hydra.run.dir` that
-    already holds a run (Hydra would overwrite its `.hydra/` record before train() starts).
-    """
-    resume = [a for a in argv[1:] if a.startswith("resume=")]
-    if not resume:
-        for a in argv[1:]:
-            if a.startswith("hydra.run.dir="):
-                run_dir = Path(a.partition("=")[2].strip("'\""))
-                if (run_dir / ".hydra" / "config.yaml").exists():
-                    raise ConfigError(
-                        f"hydra.run.dir={run_dir} already holds a run (.hydra/config.yaml): a new run there would "
-                        f"overwrite its record. Choose a new directory, or continue that run with resume={run_dir}."
-                    )
-        return argv
-    if len(resume) > 1 or "-m" in argv or "--multirun" in argv:
-        raise ConfigError(f"{' '.join(resume)}: resume takes exactly one run directory and cannot be part of a sweep.")
-    run_dir = Path(resume[0].partition("=")[2].strip("'\"")).expanduser().resolve()
-    config, last = run_dir / ".hydra" / "config.yaml", run_dir / "checkpoints" / LAST
-    if not config.is_file():
-        raise ConfigError(
-            f"resume={run_dir}: not a run directory (no .hydra/config.yaml there). "
-            "Give the directory of a run started by `python -m mnist_lab`, e.g. runs/<date>/<time>."
-        )
-    if (run_dir / "metrics.json").exists():
-        raise ConfigError(
-            f"resume={run_dir}: that run finished (it has metrics.json), there is nothing to resume. To train it "
-            f"further, start a new run from its weights with ckpt_path={last}."
-        )
-    if not last.is_file():
-        raise ConfigError(
-            f"resume={run_dir}: the run has no checkpoints/{LAST} (it stopped before its first checkpoint), "
-            "so there is nothing to continue from. Start it again as a new run."
-        )
-    extra = [a for a in argv[1:] if not a.startswith("resume=")]
-    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d_%H-%M-%S.%f")
-    return [
-        argv[0],
-        f"--config-path={run_dir / '.hydra'}",
-        "--config-name=config",
-        f"hydra.run.dir={_quote(str(run_dir))}",
-        f"hydra.output_subdir={_quote(f'.hydra/resume-{stamp}')}",
-        f"ckpt_path={_quote(str(last))}",
-        *extra,
-    ]

@@ -1,4 +1,4 @@
-"""`python -m mnist_lab.export ckpt_path=PATH format=onnx|torchscript`: a self-contained model file.
+"""`python -m mnist_lab export ckpt_path=PATH format=onnx|torchscript`: a self-contained model file.
 
 The exported model maps (N, 1, 28, 28) float32 images, normalised as in training
 ((pixel / 255 - mean) / std, stored in the file's metadata), to (N, num_classes) logits; N is
@@ -21,8 +21,8 @@ from omegaconf import DictConfig
 from torch import nn
 
 from mnist_lab import CONF_DIR
-from mnist_lab.errors import ConfigError, UserError, exit_on_user_error
-from mnist_lab.predict import META_MEAN, META_STD
+from mnist_lab.errors import ConfigError, UserError, user_errors
+from mnist_lab.inference.predictor import META_MEAN, META_STD
 
 SUFFIXES = {"onnx": ".onnx", "torchscript": ".pt"}
 
@@ -79,7 +79,8 @@ def run_exported(path: Path, x: torch.Tensor) -> np.ndarray:
 def export(cfg: DictConfig) -> dict[str, Any]:
     """Export the checkpoint of cfg.ckpt_path to cfg.format, verify it, and return the check's numbers."""
     from mnist_lab.checkpoints import find_checkpoint, load_net
-    from mnist_lab.utils import write_json
+    from mnist_lab.data.pixels import normalize
+    from mnist_lab.files import write_json
 
     if cfg.format not in SUFFIXES:
         raise ConfigError(f"format={cfg.format}: choose onnx or torchscript.")
@@ -92,7 +93,7 @@ def export(cfg: DictConfig) -> dict[str, Any]:
     # Real test images of the run's dataset, normalised as in training: the check's inputs.
     datamodule = instantiate(run_cfg.data)
     datamodule.setup("test")
-    x = datamodule.normalize(datamodule.splits.test_x[: cfg.check_images])
+    x = normalize(datamodule.splits.test_x[: cfg.check_images], datamodule.mean, datamodule.std)
     with torch.inference_mode():
         expected = net(x).numpy()
     meta = {
@@ -145,7 +146,8 @@ def export(cfg: DictConfig) -> dict[str, Any]:
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="export")
 def main(cfg: DictConfig) -> None:
-    exit_on_user_error(export, cfg)
+    with user_errors():
+        export(cfg)
 
 
 if __name__ == "__main__":

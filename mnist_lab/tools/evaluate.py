@@ -1,4 +1,4 @@
-"""`python -m mnist_lab.evaluate ckpt_path=PATH [data=NAME]`: score a trained model on a test split.
+"""`python -m mnist_lab evaluate ckpt_path=PATH [data=NAME]`: score a trained model on a test split.
 
 The network is rebuilt from the checkpoint and the config of the run that trained it; the
 data are the run's own unless `data=...` names another dataset. Reports accuracy, loss,
@@ -19,7 +19,7 @@ from omegaconf import DictConfig
 from torchmetrics.functional.classification import multiclass_confusion_matrix
 
 from mnist_lab import CONF_DIR
-from mnist_lab.errors import ConfigError, exit_on_user_error
+from mnist_lab.errors import ConfigError, user_errors
 
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
@@ -29,9 +29,10 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     from rich.table import Table
     from torch.utils.tensorboard import SummaryWriter
 
-    from mnist_lab.callbacks import confusion_figure, misclassified_figure
+    from mnist_lab.callbacks.test_report import confusion_figure, misclassified_figure
     from mnist_lab.checkpoints import find_checkpoint, load_net
-    from mnist_lab.utils import write_json
+    from mnist_lab.files import write_json
+    from mnist_lab.inference.predictor import probabilities
 
     if cfg.split not in ("test", "val"):
         raise ConfigError(f"split={cfg.split}: choose test or val.")
@@ -47,23 +48,15 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     datamodule.setup("test")
     x = getattr(datamodule.splits, f"{cfg.split}_x")
     y = getattr(datamodule.splits, f"{cfg.split}_y")
-    with torch.inference_mode():
-        classes = net(datamodule.normalize(x[:1].to(device))).shape[1]
+    member_probs = [probabilities(m, x, datamodule.mean, datamodule.std, datamodule.eval_batch_size, device) for m in members]
+    classes = member_probs[0].shape[1]
     if int(y.max()) >= classes:
         raise ConfigError(
             f"The {cfg.split} labels of data go up to {int(y.max())} but the model of {ckpt} has {classes} "
             "classes: evaluate it on a dataset with the labels it was trained on."
         )
 
-    # 2. Logits of the whole split, in batches.
-    member_probs = []
-    with torch.inference_mode():
-        for member in members:
-            out = []
-            for start in range(0, len(y), datamodule.eval_batch_size):
-                batch = x[start : start + datamodule.eval_batch_size].to(device)
-                out.append(member(datamodule.normalize(batch)).float().cpu())
-            member_probs.append(torch.cat(out).softmax(1))
+    # 2. The ensemble's prediction: the members' averaged softmax.
     probs = torch.stack(member_probs).mean(0)
     logits = probs.clamp_min(1e-12).log()  # log of the averaged softmax: cross-entropy stays exact
     preds = probs.argmax(1)
@@ -129,7 +122,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="evaluate")
 def main(cfg: DictConfig) -> None:
-    exit_on_user_error(evaluate, cfg)
+    with user_errors():
+        evaluate(cfg)
 
 
 if __name__ == "__main__":

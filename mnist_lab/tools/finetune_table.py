@@ -1,4 +1,4 @@
-"""`python -m mnist_lab.finetune_table DIR...`: a transfer study's table from its multirun directories.
+"""`python -m mnist_lab finetune_table DIR...`: a transfer study's table from its multirun directories.
 
 One row per strategy (runs without finetune.checkpoint count as `scratch`), one column per
 labels_per_class; each cell is the mean +- standard deviation of test accuracy over the
@@ -66,7 +66,8 @@ def table(jobs: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str]) -> int:
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     if not argv:
         print(__doc__.strip(), file=sys.stderr)
         return 2
@@ -81,4 +82,4 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(main())

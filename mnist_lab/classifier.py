@@ -13,12 +13,9 @@ from torch import nn
 from torchmetrics import MaxMetric, MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
-from mnist_lab.errors import UserError
+from mnist_lab.checkpoints import CONFIG_KEY
+from mnist_lab.errors import NonFiniteLossError
 from mnist_lab.finetune import FineTune
-
-
-class NonFiniteLossError(UserError):
-    """The training loss became NaN or infinite."""
 
 
 class Classifier(pl.LightningModule):
@@ -53,7 +50,7 @@ class Classifier(pl.LightningModule):
         self.config = config
         self.finetune = finetune
         if finetune is not None:
-            finetune.bind(net)  # unknown group names fail here, before any data is loaded
+            finetune.bind(net)  # a no-op when train() bound it already (config validation does)
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.scheduler_interval = scheduler_interval
         self.channels_last = channels_last
@@ -113,8 +110,6 @@ class Classifier(pl.LightningModule):
             {"val/acc": acc, "val/loss": self.val_loss.compute(), "val/acc_best": self.val_acc_best.compute()},
             prog_bar=True,
         )
-        if self.finetune is not None and not self.trainer.sanity_checking:
-            self.finetune.observe(self.current_epoch, {"val/acc": acc.item(), "val/loss": self.val_loss.compute().item()})
         self.val_acc.reset()
         self.val_loss.reset()
 
@@ -127,40 +122,22 @@ class Classifier(pl.LightningModule):
         self.test_acc.reset()
         self.test_loss.reset()
 
-    # Fine-tuning hooks: the strategy sets requires_grad and frozen batch-norm modes for each
-    # epoch, and its plateau events travel in the checkpoint so a resumed run keeps its state.
-    def on_train_start(self) -> None:
-        # A run resumed mid-epoch gets no on_train_epoch_start (Lightning skips it when
-        # restarting mid-epoch): the epoch's frozen groups are applied here as well.
-        if self.finetune is not None:
-            self.finetune.apply(self.net, self.current_epoch)
-
-    def setup(self, stage: str) -> None:
-        if self.finetune is not None:  # before the strategy wraps the model (DDP)
-            self.finetune.distributed = self.trainer.world_size > 1
-
-    def on_before_optimizer_step(self, optimizer) -> None:
-        if self.finetune is not None and self.finetune.distributed:
-            self.finetune.drop_frozen_grads(self.net)
-
-    def on_train_epoch_start(self) -> None:
-        if self.finetune is not None:
-            frozen = self.finetune.apply(self.net, self.current_epoch)
-            self.log("finetune/frozen_groups", float(len(frozen)), on_step=False, on_epoch=True)
-
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if self.config is not None:
-            checkpoint["mnist_lab_config"] = self.config
-        if self.finetune is not None:
-            checkpoint["finetune"] = self.finetune.state_dict()
+            checkpoint[CONFIG_KEY] = self.config
         # The unlogged part of the train/loss window: a run resumed mid-window logs the same mean.
         checkpoint["train_loss_window"] = {"sum": self._loss_sum, "count": self._loss_count}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        if self.finetune is not None and "finetune" in checkpoint:
-            self.finetune.load_state_dict(checkpoint["finetune"])
         window = checkpoint.get("train_loss_window", {"sum": None, "count": 0})
         self._loss_sum, self._loss_count = window["sum"], window["count"]
+
+    def configure_callbacks(self) -> list[pl.Callback]:
+        # The strategy's schedule (frozen groups per epoch, plateau events) travels with the
+        # module, so every trainer that fits it applies it.
+        from mnist_lab.callbacks.finetune import FineTuneSchedule
+
+        return [FineTuneSchedule(self.finetune)] if self.finetune is not None else []
 
     def configure_optimizers(self):
         if self.finetune is None:

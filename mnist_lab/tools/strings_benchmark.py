@@ -1,4 +1,4 @@
-"""`python -m mnist_lab.strings_benchmark ckpt_path=PATH`: read generated numbers of 3-8 MNIST digits.
+"""`python -m mnist_lab strings_benchmark ckpt_path=PATH`: read generated numbers of 3-8 MNIST digits.
 
 Each string is a row of MNIST test digits drawn on a page with random size, spacing (some
 touching), small rotation, vertical jitter, paper and ink levels, noise and either polarity,
@@ -21,9 +21,9 @@ from PIL import Image
 from scipy import ndimage
 
 from mnist_lab import CONF_DIR
-from mnist_lab.errors import ConfigError, exit_on_user_error
-from mnist_lab.imageprep import ImageError, prepare
-from mnist_lab.utils import write_json
+from mnist_lab.errors import ConfigError, user_errors
+from mnist_lab.inference.imageprep import ImageError, prepare
+from mnist_lab.files import write_json
 
 
 def render_number(digits: np.ndarray, rng: np.random.Generator, max_degrees: float = 10.0) -> tuple[np.ndarray, bool]:
@@ -180,7 +180,7 @@ def render_agreement(predictor, images: torch.Tensor, num: int, seed: int) -> di
 def strings_benchmark(cfg: DictConfig) -> dict[str, Any]:
     """Run the benchmark of cfg on the model of cfg.ckpt_path; print and write results.json."""
     from mnist_lab.checkpoints import find_checkpoint, run_config
-    from mnist_lab.predict import Predictor
+    from mnist_lab.inference.predictor import Predictor
 
     if cfg.num_strings < 1:
         raise ConfigError(f"num_strings={cfg.num_strings}: generate at least one string.")
@@ -212,7 +212,8 @@ def strings_benchmark(cfg: DictConfig) -> dict[str, Any]:
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="strings_benchmark")
 def main(cfg: DictConfig) -> None:
-    exit_on_user_error(strings_benchmark, cfg)
+    with user_errors():
+        strings_benchmark(cfg)
 
 
 if __name__ == "__main__":

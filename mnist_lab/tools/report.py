@@ -1,4 +1,4 @@
-"""`python -m mnist_lab.report <multirun dir>`: one table of a sweep's jobs, best first.
+"""`python -m mnist_lab report <multirun dir>`: one table of a sweep's jobs, best first.
 
 Each job directory holds `.hydra/overrides.yaml` and either `metrics.json` (finished),
 `error.txt` (failed: message, then traceback) or neither (still running, or killed). The
@@ -19,8 +19,8 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from mnist_lab.errors import UserError
-from mnist_lab.utils import write_atomic
+from mnist_lab.errors import UserError, user_errors
+from mnist_lab.files import write_atomic
 
 METRICS = ("test/acc", "val/acc_best", "test/loss", "epochs", "train_seconds", "test_seconds")
 # Added by the Optuna sweeper to every trial (its trial number differs): not a hyper-parameter.
@@ -170,15 +170,12 @@ def report(sweep_dir: str | Path, sort_by: str = "test/acc") -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m mnist_lab.report", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m mnist_lab report", description=__doc__.splitlines()[0])
     parser.add_argument("sweep_dir", help="a multirun directory, e.g. multirun/2026-01-31/12-00-00.000000")
     parser.add_argument("--sort", default="test/acc", choices=[m for m in METRICS if m != "epochs"])
     args = parser.parse_args(argv)
-    try:
+    with user_errors():
         print(report(args.sweep_dir, args.sort), end="")
-    except UserError as e:
-        print(f"Error: {e}", file=sys.stderr)
-        return 1
     return 0
 
 

@@ -1,8 +1,7 @@
-"""Callbacks of the `callbacks` config group that Lightning does not ship."""
+"""At test end: the confusion matrix and the misclassified digits, as figures."""
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import matplotlib
@@ -13,64 +12,6 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pytorch_lightning as pl  # noqa: E402
 import torch  # noqa: E402
 from pytorch_lightning.loggers import TensorBoardLogger  # noqa: E402
-
-
-class EpochTimer(pl.Callback):
-    """Wall-clock seconds of each training epoch and of its validation, kept apart.
-
-    Lightning runs the end-of-epoch validation inside the training epoch (before
-    on_train_epoch_end), so the clock stops while validation runs: `epoch_seconds` holds the
-    time of the training batches alone, which is what a hand-written loop's epoch time
-    measures, and `val_seconds` the time of that epoch's validation passes. Logged as
-    time/epoch_s and time/val_s.
-    """
-
-    def __init__(self) -> None:
-        self.epoch_seconds: list[float] = []
-        self.val_seconds: list[float] = []
-        self._start: float | None = None  # None while the clock is stopped
-        self._val_start: float | None = None
-        self._train = self._val = 0.0
-
-    def _begin(self) -> None:
-        self._train = self._val = 0.0
-        self._start = time.perf_counter()
-
-    def on_train_epoch_start(self, trainer, pl_module) -> None:
-        self._begin()
-
-    def on_train_start(self, trainer, pl_module) -> None:
-        # A run resumed mid-epoch gets no on_train_epoch_start (Lightning skips it then).
-        self._begin()
-
-    def on_validation_start(self, trainer, pl_module) -> None:
-        if self._start is None:  # sanity check, or validate() outside a training epoch
-            return
-        now = time.perf_counter()
-        self._train += now - self._start
-        self._start, self._val_start = None, now
-
-    def on_validation_end(self, trainer, pl_module) -> None:
-        if self._val_start is None:
-            return
-        now = time.perf_counter()
-        self._val += now - self._val_start
-        self._start, self._val_start = now, None
-
-    def on_train_epoch_end(self, trainer, pl_module) -> None:
-        if self._start is not None:
-            self._train += time.perf_counter() - self._start
-        self._start = None
-        self.epoch_seconds.append(self._train)
-        self.val_seconds.append(self._val)
-        pl_module.log_dict({"time/epoch_s": self._train, "time/val_s": self._val})
-
-    def state_dict(self) -> dict:
-        return {"epoch_seconds": self.epoch_seconds, "val_seconds": self.val_seconds}
-
-    def load_state_dict(self, state_dict: dict) -> None:
-        self.epoch_seconds = list(state_dict["epoch_seconds"])
-        self.val_seconds = list(state_dict.get("val_seconds", []))  # checkpoints before val_seconds existed
 
 
 class TestReport(pl.Callback):
