@@ -10,9 +10,9 @@ from omegaconf import DictConfig, ListConfig, open_dict
 
 # old import path -> new import path
 RENAMED = {
-    "mnist_lab.data.UCIDigitsSource": "mnist_lab.data.UCIDigitsSource",
-    "mnist_lab.data.TorchvisionSource": "mnist_lab.data.TorchvisionSource",
-    "mnist_lab.callbacks.ExportWeights": "mnist_lab.callbacks.ExportWeights",
+    "mnist_lab.sources.UCIDigitsSource": "mnist_lab.data.UCIDigitsSource",
+    "mnist_lab.sources.TorchvisionSource": "mnist_lab.data.TorchvisionSource",
+    "mnist_lab.finetune.ExportWeights": "mnist_lab.callbacks.ExportWeights",
 }
 
 
