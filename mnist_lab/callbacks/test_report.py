@@ -12,6 +12,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pytorch_lightning as pl  # noqa: E402
 import torch  # noqa: E402
 from pytorch_lightning.loggers import TensorBoardLogger  # noqa: E402
+from torchmetrics.functional.classification import multiclass_confusion_matrix  # noqa: E402
 
 
 class TestReport(pl.Callback):
@@ -36,8 +37,7 @@ class TestReport(pl.Callback):
     def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
         x, y = batch
         preds = outputs["logits"].argmax(1)
-        k = outputs["logits"].shape[1]
-        counts = torch.bincount(y * k + preds, minlength=k * k).reshape(k, k)  # rows: true, cols: predicted
+        counts = multiclass_confusion_matrix(preds, y, outputs["logits"].shape[1])  # rows: true, cols: predicted
         self.confusion = counts if self.confusion is None else self.confusion + counts
         if len(self.wrong) < self.max_misclassified:
             idx = (preds != y).nonzero().flatten()[: self.max_misclassified - len(self.wrong)].cpu()
