@@ -215,9 +215,9 @@ def main() -> None:
                   f"test acc {r['test_acc']:.4f}", flush=True)
     summary = [summarise(name, runs) for name, runs in results.items()]
     base, base_rate = summary[0]["median_epoch_s"], summary[0]["images_per_s"]
-    # ratio: of the median epoch times (the figure issue 5 asks for); per image: of the
-    # seconds per training image, since mnist_lab's epoch is 55k images (5k held out for
-    # validation) where the article's loop trains on all 60k.
+    # ratio: of the median epoch times (the headline figure of benchmarks/README.md); per
+    # image: of the seconds per training image, since mnist_lab's epoch is 55k images (5k
+    # held out for validation) where the article's loop trains on all 60k.
     print(f"\n{'':<40} {'epoch s':>8} {'img/s':>8} {'peak MiB':>9} {'ratio':>6} {'per img':>7}  test acc mean (per rep)")
     for s in summary:
         s["ratio_vs_article"] = s["median_epoch_s"] / base

@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import json
+
+import pytest
 import subprocess
 import sys
 
 from tests.conftest import TINY
+
+# Every test here asserts on the model trained by the suite (conftest.trained_run or its own run).
+pytestmark = pytest.mark.trained_model
 
 
 def run_cli(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:

@@ -12,6 +12,9 @@ from mnist_lab.errors import ConfigError
 from mnist_lab.tools.evaluate import evaluate
 from tests.conftest import compose_config
 
+# Every test here asserts on the model trained by the suite (conftest.trained_run or its own run).
+pytestmark = pytest.mark.trained_model
+
 
 def test_evaluate_reproduces_the_runs_test_metrics(trained_run, tmp_path):
     cfg = compose_config([f"ckpt_path={trained_run}"], tmp_path / "eval", config_name="evaluate")

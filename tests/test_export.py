@@ -14,6 +14,9 @@ from mnist_lab.tools.export import ExportError, export, run_exported
 from mnist_lab.inference.predictor import Predictor
 from tests.conftest import MNIST_DIR, compose_config
 
+# Every test here asserts on the model trained by the suite (conftest.trained_run or its own run).
+pytestmark = pytest.mark.trained_model
+
 
 @pytest.mark.parametrize("fmt,suffix", [("onnx", ".onnx"), ("torchscript", ".pt")])
 def test_export_matches_pytorch_and_predict_runs_from_it(fmt, suffix, trained_run, tmp_path):

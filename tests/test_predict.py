@@ -17,6 +17,9 @@ from mnist_lab.tools.predict import predict, read_files
 from mnist_lab.tools.strings_benchmark import render_number, run_benchmark
 from tests.conftest import MNIST_DIR, compose_config
 
+# Every test here asserts on the model trained by the suite (conftest.trained_run or its own run).
+pytestmark = pytest.mark.trained_model
+
 
 @pytest.fixture(scope="module")
 def test_digits():

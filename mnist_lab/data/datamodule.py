@@ -26,7 +26,7 @@ class DigitsDataModule(pl.LightningDataModule):
         source: loads the raw splits.
         num_classes: number of labels (the model's head size follows it).
         batch_size: training batch size.
-        eval_batch_size: validation/test batch size (conf/data/mnist.yaml says why 256 on CPU).
+        eval_batch_size: validation/test batch size (conf/data/base.yaml says why 256 on CPU).
         val_size: images held out of the training split for validation, when the source has
             no validation split of its own.
         split_seed: seeds the train/val split and the labels_per_class subset.
