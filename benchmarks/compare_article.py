@@ -218,7 +218,11 @@ def main() -> None:
     # ratio: of the median epoch times (the headline figure of benchmarks/README.md); per
     # image: of the seconds per training image, since mnist_lab's epoch is 55k images (5k
     # held out for validation) where the article's loop trains on all 60k.
-    print(f"\n{'':<40} {'epoch s':>8} {'img/s':>8} {'peak MiB':>9} {'ratio':>6} {'per img':>7}  test acc mean (per rep)")
+    from mnist_lab.records import machine_record
+
+    machine = machine_record()
+    print(f"\nmachine: {machine}")
+    print(f"{'':<40} {'epoch s':>8} {'img/s':>8} {'peak MiB':>9} {'ratio':>6} {'per img':>7}  test acc mean (per rep)")
     for s in summary:
         s["ratio_vs_article"] = s["median_epoch_s"] / base
         s["per_image_ratio_vs_article"] = base_rate / s["images_per_s"]
@@ -227,7 +231,7 @@ def main() -> None:
         print(f"{s['name']:<40} {s['median_epoch_s']:8.2f} {s['images_per_s']:8.0f} {s['peak_rss_mib']:9.0f} "
               f"{s['ratio_vs_article']:6.3f} {s['per_image_ratio_vs_article']:7.3f}  {accs}")
     if args.json:
-        args.json.write_text(json.dumps({"args": vars(args), "summary": summary, "runs": results}, indent=2, default=str))
+        args.json.write_text(json.dumps({"args": vars(args), "machine": machine, "summary": summary, "runs": results}, indent=2, default=str))
 
 
 if __name__ == "__main__":

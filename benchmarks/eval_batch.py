@@ -51,6 +51,9 @@ def main() -> None:
             seconds[batch].append(time.perf_counter() - start)
 
     images = len(datamodule.splits.val_y)
+    from mnist_lab.records import machine_record
+
+    print(f"machine: {machine_record()}")
     print(f"{'eval batch':>10} {'seconds':>8} {'images/s':>9}")
     for batch, ts in seconds.items():
         med = statistics.median(ts)

@@ -68,6 +68,9 @@ def main() -> None:
         return worker(*args.worker, args.epochs, args.override)
 
     points = [(n, 64) for n in args.sizes] + [(max(args.sizes), b) for b in args.batches if b != 64]
+    from mnist_lab.records import machine_record
+
+    print(f"machine: {machine_record()}")
     print(f"{'train images':>12} {'batch':>6} {'epoch s':>8} {'img/s':>8} {'peak MiB':>9} {'test acc':>8}")
     for n, b in points:
         cmd = [sys.executable, __file__, "--worker", str(n), str(b), "--epochs", str(args.epochs)]

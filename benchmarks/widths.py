@@ -80,6 +80,9 @@ def main() -> None:
                 t = step_seconds(net, batch, args.steps, not args.no_channels_last)
                 times.setdefault((*pair, batch), []).append(t)
 
+    from mnist_lab.records import machine_record
+
+    print(f"machine: {machine_record()}")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"{'NCHW' if args.no_channels_last else 'channels_last'}, hidden {args.hidden}, batch norm")
     print(f"{'conv1/conv2':>11} {'batch':>6} {'params':>8} {'ms/step':>8} {'epoch s':>8}")

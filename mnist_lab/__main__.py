@@ -48,8 +48,9 @@ def main(cfg: DictConfig) -> float | None:
         if full_errors():
             raise
         print(f"\nError: {failure_message(e)}", file=sys.stderr)
-        if getattr(user_error(e), "exit_code", 1) != 1:  # Ctrl-C/SIGTERM: stop the sweep too
-            sys.exit(user_error(e).exit_code)
+        error = user_error(e)
+        if error is not None and error.exit_code != 1:  # Ctrl-C/SIGTERM: stop the sweep too
+            sys.exit(error.exit_code)
         raise JobFailed(f"{failure_message(e)} (recorded in {error_file})") from None
     return metrics.get(cfg.get("optimized_metric", "val/acc_best"))
 

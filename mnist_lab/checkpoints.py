@@ -31,7 +31,7 @@ from __future__ import annotations
 import logging
 import pickle
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from lightning_fabric.plugins import TorchCheckpointIO
@@ -237,7 +237,7 @@ def run_config(path: str | Path, checkpoint: dict[str, Any] | None = None) -> Di
             f".hydra/config.yaml to {saved}."
         )
     try:
-        cfg = OmegaConf.load(saved)
+        cfg = cast(DictConfig, OmegaConf.load(saved))
         # Only model and data are needed; paths.output_dir points at Hydra's runtime, absent here.
         return migrate(OmegaConf.create({k: OmegaConf.to_container(cfg[k], resolve=True) for k in ("model", "data")}))
     except (OmegaConfBaseException, AttributeError, ValueError) as e:

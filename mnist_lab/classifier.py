@@ -81,7 +81,7 @@ class Classifier(pl.LightningModule):
         self._loss_count += 1
         # Lightning writes logs when (step + 1) % log_every_n_steps == 0; log the window's
         # mean on exactly those steps (the article prints the mean of every 200 batches).
-        if (self.global_step + 1) % self.trainer.log_every_n_steps == 0:
+        if (self.global_step + 1) % self.trainer.log_every_n_steps == 0:  # type: ignore[attr-defined]  # set by Trainer.__init__
             mean = self._loss_sum / self._loss_count
             if not math.isfinite(mean.item()):
                 raise NonFiniteLossError(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import platform
 import subprocess
-from typing import Any
+from typing import Any, cast
 
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.tensorboard.summary import hparams
@@ -18,7 +18,7 @@ HPARAM_METRICS = ("test/acc", "test/loss", "val/acc_best", "train_seconds")
 def flatten(cfg: DictConfig | dict, prefix: str = "") -> dict[str, Any]:
     """{"a": {"b": 1}} -> {"a/b": 1}; lists become strings (TensorBoard's HParams takes scalars)."""
     out: dict[str, Any] = {}
-    items = cfg.items() if isinstance(cfg, dict) else OmegaConf.to_container(cfg, resolve=True).items()
+    items = (cfg if isinstance(cfg, dict) else cast(dict, OmegaConf.to_container(cfg, resolve=True))).items()
     for key, value in items:
         name = f"{prefix}{key}"
         if isinstance(value, dict):
@@ -39,6 +39,33 @@ def _version(distribution: str) -> str | None:
         return None
 
 
+def machine_record() -> dict[str, Any]:
+    """The machine a figure came from: CPU model and cores, the ISA torch uses, native bf16, the GPU."""
+    import os
+
+    import torch
+
+    flags, model = set(), platform.processor() or platform.machine()
+    try:
+        for line in open("/proc/cpuinfo"):
+            key, _, value = line.partition(":")
+            if key.strip() == "model name":
+                model = value.strip()
+            elif key.strip() == "flags":
+                flags = set(value.split())
+    except OSError:  # not Linux: the model from platform, flags unknown
+        pass
+    return {
+        "cpu": model,
+        "cpu_cores": os.cpu_count(),
+        "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        # Native bf16 arithmetic: AVX512-BF16 or AMX (otherwise bf16 is emulated, usually slower).
+        "native_bf16": sorted(flags & {"avx512_bf16", "amx_bf16"}),
+        "torch_threads": torch.get_num_threads(),
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }
+
+
 def environment_record() -> dict[str, Any]:
     """What a run needs to be reproduced: package, git commit, library versions."""
     import pytorch_lightning
@@ -54,7 +81,7 @@ def environment_record() -> dict[str, Any]:
         # The other libraries whose behaviour a run depends on (config composition, metrics, RNG).
         **{name: _version(name) for name in ("hydra-core", "omegaconf", "torchmetrics", "numpy")},
         "platform": platform.platform(),
-        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        **machine_record(),
     }
     try:
         git = ["git", "-C", str(mnist_lab.ROOT_DIR)]

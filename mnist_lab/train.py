@@ -34,6 +34,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     # never write into an earlier run's directory unless resuming it.
     built = validate(migrate(cfg))  # seeds every RNG, then builds the network and the strategy: once
     net, finetune = built.net, built.finetune
+    assert net is not None  # validate() raised otherwise
     output_dir = Path(cfg.paths.output_dir)
     check_output_dir(output_dir, cfg.get("ckpt_path"))
     if not (output_dir / "environment.json").exists():  # a resumed run keeps its first record

@@ -18,7 +18,9 @@ def test_compare_article_smoke(tmp_path):
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "ratio" in result.stdout
-    summary = {s["name"]: s for s in json.loads(out.read_text())["summary"]}
+    recorded = json.loads(out.read_text())
+    assert recorded["machine"]["cpu_cores"] >= 1 and "native_bf16" in recorded["machine"]
+    summary = {s["name"]: s for s in recorded["summary"]}
     assert set(summary) == {"article", "mnist_lab"}
     assert summary["article"]["ratio_vs_article"] == 1.0
     for s in summary.values():
@@ -31,7 +33,9 @@ def test_scaling_smoke():
         cwd=ROOT_DIR, capture_output=True, text=True, timeout=600,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    rows = [ln.split() for ln in result.stdout.splitlines()[1:]]
+    machine, header, *lines = result.stdout.splitlines()
+    assert machine.startswith("machine: ") and "torch_cpu_capability" in machine
+    rows = [ln.split() for ln in lines]
     assert [(r[0], r[1]) for r in rows] == [("640", "64"), ("640", "128")]
 
 
@@ -42,7 +46,7 @@ def test_widths_smoke():
         cwd=ROOT_DIR, capture_output=True, text=True, timeout=600,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    rows = [ln.split() for ln in result.stdout.splitlines()[2:]]
+    rows = [ln.split() for ln in result.stdout.splitlines()[3:]]  # after the machine, torch and header lines
     assert [(r[0], r[1]) for r in rows] == [("16/32", "32"), ("8/16", "32")]
     assert all(float(r[3]) > 0 and float(r[4]) > 0 for r in rows)
     # the parameter count is the model's: a 16/32 CNN with batch norm has 207,226

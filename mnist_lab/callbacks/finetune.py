@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import pytorch_lightning as pl
+from torch import nn
 
 from mnist_lab.finetune import FineTune
 
@@ -28,15 +29,15 @@ class FineTuneSchedule(pl.Callback):
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # A run resumed mid-epoch gets no on_train_epoch_start (Lightning skips it when
         # restarting mid-epoch): the epoch's frozen groups are applied here as well.
-        self.strategy.apply(pl_module.net, trainer.current_epoch)
+        self.strategy.apply(_net(pl_module), trainer.current_epoch)
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        frozen = self.strategy.apply(pl_module.net, trainer.current_epoch)
+        frozen = self.strategy.apply(_net(pl_module), trainer.current_epoch)
         pl_module.log("finetune/frozen_groups", float(len(frozen)), on_step=False, on_epoch=True)
 
     def on_before_optimizer_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Any) -> None:
         if self.strategy.distributed:
-            self.strategy.drop_frozen_grads(pl_module.net)
+            self.strategy.drop_frozen_grads(_net(pl_module))
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # After the epoch's values were logged, and before the checkpoint callbacks save them
@@ -52,3 +53,8 @@ class FineTuneSchedule(pl.Callback):
     def on_load_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]) -> None:
         if "finetune" in checkpoint:
             self.strategy.load_state_dict(checkpoint["finetune"])
+
+
+def _net(pl_module: pl.LightningModule) -> nn.Module:
+    """The Classifier's network (its `net`)."""
+    return cast(nn.Module, pl_module.net)

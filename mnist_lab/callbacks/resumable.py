@@ -6,7 +6,7 @@ import random
 import signal
 import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pytorch_lightning as pl
@@ -19,7 +19,7 @@ from mnist_lab.errors import NonFiniteLossError, RunInterrupted
 
 def _rng_state() -> dict[str, Any]:
     """Every global RNG as tensors and plain numbers: loadable with torch.load(weights_only=True)."""
-    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    kind, keys, pos, has_gauss, gauss = cast(Any, np.random.get_state())  # the legacy 5-tuple
     version, py_state, py_gauss = random.getstate()
     state = {
         "torch": torch.get_rng_state(),

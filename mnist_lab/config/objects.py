@@ -56,7 +56,7 @@ def build_and_check(cfg: DictConfig) -> Built:
     try:
         net = build(cfg.model)
     except Exception as e:
-        return Built(None, None, [Problem("model", OmegaConf.to_container(cfg.model)["_target_"], f"cannot be built: {_cause(e)}")])
+        return Built(None, None, [Problem("model", cfg.model.get("_target_"), f"cannot be built: {_cause(e)}")])
     problems: list[Problem] = []
     try:
         build(cfg.optimizer)(net.parameters())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -34,7 +35,7 @@ class RandomAffine(torch.nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b = x.shape[0]
-        kw = dict(device=x.device, dtype=x.dtype)
+        kw: dict[str, Any] = dict(device=x.device, dtype=x.dtype)
         angle = (torch.rand(b, **kw) * 2 - 1) * math.radians(self.degrees)
         zoom = torch.empty(b, **kw).uniform_(*self.scale)
         shift = (torch.rand(b, 2, **kw) * 2 - 1) * (2 * self.translate)  # grid coords span 2

@@ -8,6 +8,8 @@ normalisation run once per batch on the training device (`on_after_batch_transfe
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytorch_lightning as pl
 import torch
 
@@ -95,7 +97,7 @@ class DigitsDataModule(pl.LightningDataModule):
             )
         self.splits = raw
 
-    def _shard(self) -> dict[str, int]:
+    def _shard(self) -> dict[str, Any]:
         """This process's place among the DDP ranks ({} without a trainer)."""
         return {"rank": self.trainer.global_rank, "world_size": self.trainer.world_size} if self.trainer else {}
 

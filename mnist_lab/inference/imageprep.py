@@ -63,8 +63,8 @@ def read_grey(path: str | Path) -> np.ndarray:
     if path.is_file() and path.stat().st_size == 0:
         raise ImageError(f"{path} is empty (0 bytes): nothing to read. Save the image again.")
     try:
-        with Image.open(path) as img:
-            img = ImageOps.exif_transpose(img)  # phone photos store their rotation in EXIF
+        with Image.open(path) as opened:
+            img = ImageOps.exif_transpose(opened)  # phone photos store their rotation in EXIF
             if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
                 rgba = img.convert("RGBA")
                 white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))

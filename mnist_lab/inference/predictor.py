@@ -37,7 +37,8 @@ class Predictor:
 
     def __init__(self, path: str | Path, batch_size: int = 1000) -> None:
         self.path, self.batch_size = Path(path), batch_size
-        self.session = self.net = None
+        self.session: Any = None  # an onnxruntime.InferenceSession
+        self.net: Any = None  # a torch module (eager or TorchScript)
         if self.path.suffix == ".onnx":
             self._load_onnx()
         elif self.path.suffix in (".pt", ".ts"):

@@ -40,8 +40,8 @@ def render_number(digits: np.ndarray, rng: np.random.Generator, max_degrees: flo
     for d in digits:
         img = Image.fromarray(d.astype(np.float32) / 255, mode="F")
         s = scale * rng.uniform(0.9, 1.1)
-        img = img.resize((round(28 * s), round(28 * s)), Image.BILINEAR)
-        img = img.rotate(rng.uniform(-max_degrees, max_degrees), Image.BILINEAR, expand=True)
+        img = img.resize((round(28 * s), round(28 * s)), Image.Resampling.BILINEAR)
+        img = img.rotate(rng.uniform(-max_degrees, max_degrees), Image.Resampling.BILINEAR, expand=True)
         a = np.clip(np.asarray(img), 0, 1)
         rows, cols = np.nonzero(a > 0.02)
         inks.append(a[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1])
@@ -117,12 +117,12 @@ def run_benchmark(predictor, images: torch.Tensor, labels: torch.Tensor, num_str
     for c in counts:
         texts.append("".join(str(int(k)) for k in reads[start : start + c]))
         start += c
-    single = predictor(pool[np.concatenate(picks)]).argmax(1) == labels[np.concatenate(picks)].numpy()
+    single: np.ndarray = predictor(pool[np.concatenate(picks)]).argmax(1) == labels[np.concatenate(picks)].numpy()
     total = sum(len(t) for t in truths)
     edits = [edit_distance(p, t) for p, t in zip(texts, truths)]
     lengths = np.array([len(t) for t in truths])
     exact = np.array([p == t for p, t in zip(texts, truths)])
-    touch = np.array(touching)
+    touched = np.array(touching)
     return {
         "num_strings": num_strings,
         "num_digits": total,
@@ -132,9 +132,9 @@ def run_benchmark(predictor, images: torch.Tensor, labels: torch.Tensor, num_str
         "count_acc": float(np.mean([len(p) == len(t) for p, t in zip(texts, truths)])),
         "single_digit_acc_same_digits": float(single.mean()),
         "string_acc_by_length": {int(n): float(exact[lengths == n].mean()) for n in np.unique(lengths)},
-        "touching_share": float(touch.mean()),
-        "string_acc_touching": float(exact[touch].mean()) if touch.any() else None,
-        "string_acc_not_touching": float(exact[~touch].mean()) if (~touch).any() else None,
+        "touching_share": float(touched.mean()),
+        "string_acc_touching": float(exact[touched].mean()) if touched.any() else None,
+        "string_acc_not_touching": float(exact[~touched].mean()) if (~touched).any() else None,
         "examples": [{"truth": t, "read": p} for t, p in zip(truths[:50], texts[:50])],
         "_pages": pages,
     }
@@ -169,8 +169,8 @@ def render_agreement(predictor, images: torch.Tensor, num: int, seed: int) -> di
     x = images[:, 0].numpy()[np.random.default_rng(seed).choice(len(images), num, replace=False)]
     original = predictor(x).argmax(1)
     out = {}
-    for name, size, resample in (("bilinear_100px", 100, Image.BILINEAR), ("lanczos_57px", 57, Image.LANCZOS),
-                                 ("nearest_100px", 100, Image.NEAREST)):
+    for name, size, resample in (("bilinear_100px", 100, Image.Resampling.BILINEAR), ("lanczos_57px", 57, Image.Resampling.LANCZOS),
+                                 ("nearest_100px", 100, Image.Resampling.NEAREST)):
         pages = [255 - np.asarray(Image.fromarray(d).resize((size, size), resample)) for d in x]
         prepared = np.stack([prepare(p.astype(np.float32) / 255)[0].image for p in pages])
         out[name] = float((predictor(prepared).argmax(1) == original).mean())
