@@ -5,7 +5,9 @@ that is the whole sweep (every rank would start every job), and in a joblib or s
 it is the worker's own command. `DDPStrategy` below starts `python -m mnist_lab <this job's
 overrides> hydra.run.dir=<this job's run dir>` instead, so single runs, sweeps and every
 launcher behave the same. Under SLURM (one task per GPU) or torchrun the processes already
-exist and nothing is started. `ddp_spawn` was the other candidate: it pickles the trainer into
+exist and nothing is started. Only Lightning's public hooks do it: a `ClusterEnvironment` that
+tells Lightning the processes exist (so its launcher starts none) and the strategy's
+`setup_environment()`, which starts them just before the process group needs them. `ddp_spawn` was the other candidate: it pickles the trainer into
 fresh processes and hands back only some state (the epoch and step counters and our callbacks'
 records stay in the children), and it cannot run one task per GPU under SLURM.
 """
@@ -17,63 +19,79 @@ import subprocess
 import sys
 import warnings
 from contextlib import contextmanager
-from typing import Any, Callable, Iterator
+from typing import Iterator
 
 import torch
-from lightning_fabric.utilities.distributed import _set_num_threads_if_needed
-from pytorch_lightning.strategies import DDPStrategy as _LightningDDP
-from pytorch_lightning.strategies.launchers.subprocess_script import _SubprocessScriptLauncher
+from pytorch_lightning.plugins.environments import ClusterEnvironment, LightningEnvironment
+from pytorch_lightning.strategies import DDPStrategy as LightningDDPStrategy
 
 from mnist_lab.errors import ConfigError
 
-# What Lightning's launcher sets in os.environ for the ranks it starts; a job restores them so
+# What start_ranks() sets in os.environ, as Lightning's own launcher does; a job restores them so
 # the next job of a sweep, in the same process, starts its own ranks instead of waiting for old ones.
 _LAUNCH_ENV = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE")
 _children: list[subprocess.Popen] = []
 
 
-class DDPStrategy(_LightningDDP):
-    """Lightning's DDPStrategy whose extra local ranks run this Hydra job's own overrides."""
+class JobEnvironment(LightningEnvironment):
+    """Lightning's local environment, except that `DDPStrategy`, not Lightning, starts the extra ranks."""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+    @property
+    def creates_processes_externally(self) -> bool:
+        # True: Lightning's launcher starts no ranks (it would re-run sys.argv) and watches none
+        # (its process observer SIGKILLs this process when a rank fails, which in a sweep kills
+        # every later job). Here the ranks fail together, rank 0 records the error, and
+        # isolated_job() reaps (or kills) the other ranks before the next job.
+        return True
+
+
+class DDPStrategy(LightningDDPStrategy):
+    """Lightning's DDPStrategy whose extra local ranks run this Hydra job's own overrides.
+
+    Args:
+        process_group_backend: `gloo` (CPU) or `nccl` (GPU); null: Lightning's choice for the device.
+        find_unused_parameters: passed to torch's DistributedDataParallel.
+    """
+
+    def __init__(self, process_group_backend: str | None = None, find_unused_parameters: bool = False) -> None:
+        super().__init__(process_group_backend=process_group_backend, find_unused_parameters=find_unused_parameters)
         # Lightning advises sync_dist=True for every epoch-level log under DDP. The val/test
         # metrics are torchmetrics objects, already synchronised by compute(); the others
         # (epoch time, frozen groups) are rank 0's own record.
         warnings.filterwarnings("ignore", message=r"It is recommended to use `self\.log\(")
 
-    def _configure_launcher(self) -> None:
-        super()._configure_launcher()
-        if type(self._launcher) is _SubprocessScriptLauncher:
-            self._launcher = _JobLauncher(self.cluster_environment, self.num_processes, self.num_nodes)
+    @property
+    def cluster_environment(self) -> ClusterEnvironment | None:
+        return self._environment
+
+    @cluster_environment.setter
+    def cluster_environment(self, environment: ClusterEnvironment | None) -> None:
+        # The Trainer gives its strategy the environment it detected. SLURM, torchrun & co. and a
+        # process with LOCAL_RANK set (one of our ranks) have every process already; only the
+        # plain local one would have Lightning start ranks, so this job starts them instead.
+        if type(environment) is LightningEnvironment and not environment.creates_processes_externally:
+            environment = JobEnvironment()
+        self._environment = environment
+
+    def setup_environment(self) -> None:
+        # Before super(): its process group waits for every rank. Once per job: start_ranks()
+        # sets LOCAL_RANK (trainer.test finds it), isolated_job() removes it for the next job.
+        if isinstance(self.cluster_environment, JobEnvironment) and "LOCAL_RANK" not in os.environ:
+            start_ranks(self.cluster_environment, self.num_processes, self.num_nodes)
+        super().setup_environment()
 
 
-class _JobLauncher(_SubprocessScriptLauncher):
-    def launch(self, function: Callable, *args: Any, trainer: Any = None, **kwargs: Any) -> Any:
-        # Lightning's own, without its process observer: that SIGKILLs this process as soon as
-        # a rank exits non-zero, which in a sweep kills every later job when one job fails on
-        # all ranks. Here the ranks fail together, rank 0 records the error, and isolated_job()
-        # reaps (or kills) the other ranks before the next job.
-        self.cluster_environment.validate_settings(num_devices=self.num_processes, num_nodes=self.num_nodes)
-        if not self.cluster_environment.creates_processes_externally:
-            self._call_children_scripts()
-        _set_num_threads_if_needed(num_processes=self.num_processes)
-        return function(*args, **kwargs)
-
-    def _call_children_scripts(self) -> None:
-        # Lightning's own, with the command of this job (Lightning's re-runs sys.argv).
-        self._check_can_spawn_children()
-        self.procs = []
-        os.environ["MASTER_ADDR"] = self.cluster_environment.main_address
-        os.environ["MASTER_PORT"] = str(self.cluster_environment.main_port)
-        os.environ["NODE_RANK"] = str(self.cluster_environment.node_rank())
-        os.environ["LOCAL_RANK"] = str(self.cluster_environment.local_rank())
-        os.environ["WORLD_SIZE"] = f"{self.num_processes * self.num_nodes}"
-        for local_rank in range(1, self.num_processes):
-            env = {**os.environ, "LOCAL_RANK": str(local_rank)}
-            command, cwd = job_command(local_rank)
-            self.procs.append(subprocess.Popen(command, env=env, cwd=cwd))
-        _children.extend(self.procs)
+def start_ranks(environment: ClusterEnvironment, num_processes: int, num_nodes: int) -> None:
+    """Start local ranks 1..num_processes-1 of this node, each running this Hydra job (job_command)."""
+    commands = [job_command(local_rank) for local_rank in range(1, num_processes)]  # ConfigError before any start
+    # The variables Lightning's launcher sets (and LightningEnvironment reads in every rank).
+    os.environ["MASTER_ADDR"] = environment.main_address
+    os.environ["MASTER_PORT"] = str(environment.main_port)
+    os.environ["NODE_RANK"] = str(environment.node_rank())
+    os.environ["LOCAL_RANK"] = "0"
+    os.environ["WORLD_SIZE"] = str(num_processes * num_nodes)
+    for local_rank, (command, cwd) in enumerate(commands, start=1):
+        _children.append(subprocess.Popen(command, env={**os.environ, "LOCAL_RANK": str(local_rank)}, cwd=cwd))
 
 
 def job_command(local_rank: int) -> tuple[list[str], str]:

@@ -18,7 +18,7 @@ import pytorch_lightning as pl
 from mnist_lab.errors import ConfigError
 
 
-def open_storage(storage: str | None) -> optuna.storages.BaseStorage | None:
+def open_storage(storage: str | None) -> optuna.storages.BaseStorage:
     """An Optuna storage from its config string: a database URL, a journal file, or null (memory).
 
     Args:
@@ -26,7 +26,7 @@ def open_storage(storage: str | None) -> optuna.storages.BaseStorage | None:
             (safe for many processes on a shared file system), or null for an in-memory study.
     """
     if storage is None:
-        return None
+        return optuna.storages.InMemoryStorage()
     if "://" in storage:
         # 60 s: parallel jobs report to one SQLite file; they wait for its lock, not fail.
         return optuna.storages.RDBStorage(storage, engine_kwargs={"connect_args": {"timeout": 60}})
@@ -39,6 +39,15 @@ def open_storage(storage: str | None) -> optuna.storages.BaseStorage | None:
         f"hydra.sweeper.storage={storage!r} is neither a database URL (sqlite:///path/study.db) nor a "
         "journal file (path ending in .log). Use one of those, or null for a study kept in memory."
     )
+
+
+def trial_id(storage: optuna.storages.BaseStorage, study_name: str, number: int) -> int:
+    """The storage's id of trial `number` of a study, for a process that knows only the number.
+
+    Optuna keeps a trial's id private (`Trial._trial_id`); these two lookups are `BaseStorage`'s
+    public API, the one `optuna.trial.Trial(study, trial_id)` and the storage's setters take.
+    """
+    return storage.get_trial_id_from_study_id_trial_number(storage.get_study_id_from_name(study_name), number)
 
 
 class OptunaPruning(pl.Callback):
@@ -69,9 +78,10 @@ class OptunaPruning(pl.Callback):
 
     def trial(self) -> optuna.trial.Trial:
         if self._trial is None:
-            study = optuna.load_study(study_name=self.study_name, storage=open_storage(self.storage), pruner=self.pruner)
-            trial_id = study._storage.get_trial_id_from_study_id_trial_number(study._study_id, self.trial_number)
-            self._trial = optuna.trial.Trial(study, trial_id)
+            storage = open_storage(self.storage)
+            study = optuna.load_study(study_name=self.study_name, storage=storage, pruner=self.pruner)
+            # The sweeper's trial, asked in another process: report() and should_prune() on it.
+            self._trial = optuna.trial.Trial(study, trial_id(storage, self.study_name, self.trial_number))
         return self._trial
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

@@ -26,6 +26,23 @@ def test_eval_shards_count_every_sample_once_and_train_shards_match():
     assert len(seen) == 1004 and len(seen.unique()) == 1003  # one sample padded, as DistributedSampler
 
 
+def test_the_job_not_lightning_starts_the_extra_ranks(monkeypatch):
+    """The Trainer's plain local environment becomes a JobEnvironment; a started rank keeps Lightning's."""
+    from pytorch_lightning.plugins.environments import LightningEnvironment
+
+    from mnist_lab.distributed import DDPStrategy, JobEnvironment
+
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    trainer = pl.Trainer(accelerator="cpu", devices=2, strategy=DDPStrategy("gloo"), logger=False)
+    environment = trainer.strategy.cluster_environment
+    assert type(environment) is JobEnvironment and environment.creates_processes_externally  # Lightning starts none
+
+    monkeypatch.setenv("LOCAL_RANK", "1")  # how rank 1 of a job starts (mnist_lab.distributed.start_ranks)
+    strategy = DDPStrategy("gloo")
+    strategy.cluster_environment = LightningEnvironment()  # what the Trainer does
+    assert type(strategy.cluster_environment) is LightningEnvironment
+
+
 def test_ddp_cpu_sweep_survives_a_failing_job_and_tests_to_the_single_process_accuracy(tmp_path):
     """Job 0 diverges (NaN loss on both ranks) and is recorded; job 1 then starts ranks of its own."""
     sweep = tmp_path / "sweep"

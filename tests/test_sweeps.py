@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import optuna
+import pytest
 from optuna.trial import TrialState
 from tensorboard.backend.event_processing.event_multiplexer import EventMultiplexer
 
@@ -111,12 +112,15 @@ def test_optuna_search_resumes_prunes_and_records_failures(tmp_path):
 def test_interrupted_trials_are_failed_and_queued_again(tmp_path):
     """A trial left RUNNING by a killed search is marked failed and its parameters run next."""
     from hydra_plugins.mnist_lab_optuna.sweeper import counted_trials, requeue_interrupted
+    from mnist_lab.search import open_storage
 
-    study = optuna.create_study(storage=f"sqlite:///{tmp_path / 's.db'}", study_name="s", direction="maximize")
+    storage = open_storage(f"sqlite:///{tmp_path / 's.db'}")
+    study = optuna.create_study(storage=storage, study_name="s", direction="maximize")
     study.tell(study.ask({"x": optuna.distributions.FloatDistribution(0, 1)}), 0.5)
     killed = study.ask({"x": optuna.distributions.FloatDistribution(0, 1)})
-    requeue_interrupted(study)
+    requeue_interrupted(study, storage)
     assert study.trials[killed.number].state == TrialState.FAIL
+    assert study.trials[killed.number].user_attrs == {"interrupted": True}
     assert len(counted_trials(study)) == 1  # the killed trial does not count towards n_trials
     assert study.ask({"x": optuna.distributions.FloatDistribution(0, 1)}).params == killed.params
 
@@ -145,7 +149,9 @@ def test_launcher_configs_compose_with_their_plugins():
 def test_report_of_a_directory_without_jobs_says_what_to_pass(tmp_path, capsys):
     from mnist_lab.tools.report import main
 
-    assert main([str(tmp_path)]) == 1
+    with pytest.raises(SystemExit) as exit_status:  # the one error boundary: paragraph, exit 1
+        main([str(tmp_path)])
+    assert exit_status.value.code == 1
     message = capsys.readouterr().err
     assert str(tmp_path) in message and "multirun" in message and "Traceback" not in message
 

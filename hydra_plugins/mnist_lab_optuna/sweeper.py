@@ -22,7 +22,7 @@ from typing import Any, List, Optional, Sequence
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import ChoiceSweep, IntervalSweep, Override, RangeSweep
-from hydra.core.utils import JobStatus
+from hydra.core.utils import JobReturn, JobStatus
 from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf
@@ -84,15 +84,16 @@ class OptunaSweeper(Sweeper):
         sweep_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
         pruner = instantiate(self.pruner_cfg) if self.pruner_cfg is not None else optuna.pruners.NopPruner()
+        storage = open_storage(self.storage)
         study = optuna.create_study(
             study_name=self.study_name,
-            storage=open_storage(self.storage),
+            storage=storage,
             pruner=pruner,
             direction=self.direction,
             load_if_exists=True,
         )
         study.sampler = self.make_sampler(len(study.trials))
-        requeue_interrupted(study)
+        requeue_interrupted(study, storage)
         remaining = self.n_trials - len(counted_trials(study))
         log.info(f"Study {self.study_name}: {len(counted_trials(study))} trials done, {max(remaining, 0)} to run")
         while remaining > 0:
@@ -129,7 +130,7 @@ class OptunaSweeper(Sweeper):
         try:
             self.validate_batch_is_legal([self.job_overrides(trial, fixed)])
         except Exception as e:  # a value the config's schema rejects: this trial fails, not the search
-            study._storage.set_trial_user_attr(trial._trial_id, "error", str(e)[:2000])
+            trial.set_user_attr("error", str(e)[:2000])
             study.tell(trial, state=TrialState.FAIL)
             log.warning(f"Trial {trial.number} does not compose: {e}")
             return False
@@ -154,17 +155,21 @@ class OptunaSweeper(Sweeper):
         from optuna.trial import TrialState
 
         if ret.status != JobStatus.COMPLETED:
-            study._storage.set_trial_user_attr(trial._trial_id, "error", str(ret._return_value)[:2000])
+            error = job_error(ret)
+            trial.set_user_attr("error", str(error)[:2000])
             study.tell(trial, state=TrialState.FAIL)
-            log.warning(f"Trial {trial.number} failed: {ret._return_value}")
+            log.warning(f"Trial {trial.number} failed: {error}")
             return
-        attrs = study._storage.get_trial(trial._trial_id).user_attrs  # the job's callback wrote these
+        # The job's OptunaPruning callback wrote to the storage; `trial` (from ask()) holds only
+        # the attributes it was created with, the study's trials are read again.
+        running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+        attrs = next(t.user_attrs for t in running if t.number == trial.number)
         value = ret.return_value
         if "pruned_epoch" in attrs:
             study.tell(trial, state=TrialState.PRUNED)
             log.info(f"Trial {trial.number} pruned after epoch {attrs['pruned_epoch']}")
         elif value is None or not math.isfinite(float(value)):
-            study._storage.set_trial_user_attr(trial._trial_id, "error", f"objective is {value}")
+            trial.set_user_attr("error", f"objective is {value}")
             study.tell(trial, state=TrialState.FAIL)
         else:
             study.tell(trial, float(value))
@@ -180,6 +185,15 @@ class OptunaSweeper(Sweeper):
             results.update(best_trial=best.number, best_value=best.value, best_params=best.params)
             log.info(f"Best trial {best.number}: {best.value:.4f} with {best.params}")
         OmegaConf.save(OmegaConf.create(results), sweep_dir / "optimization_results.yaml")
+
+
+def job_error(ret: JobReturn) -> Exception:
+    """The exception a failed job raised: Hydra's `return_value` raises it (and names the job on stderr)."""
+    try:
+        ret.return_value
+    except Exception as e:
+        return e
+    raise ValueError(f"job {ret.overrides} did not fail: status {ret.status}")
 
 
 def distribution(override: Override) -> Any:
@@ -210,12 +224,20 @@ def counted_trials(study: Any) -> list:
     return [t for t in done if not t.user_attrs.get("interrupted")]
 
 
-def requeue_interrupted(study: Any) -> None:
-    """Trials left running by a killed search: mark them failed and queue their parameters again."""
+def requeue_interrupted(study: Any, storage: Any) -> None:
+    """Trials left running by a killed search: mark them failed and queue their parameters again.
+
+    Args:
+        study: the study, loaded from `storage`.
+        storage: its storage (see mnist_lab.search.open_storage).
+    """
     from optuna.trial import TrialState
 
+    from mnist_lab.search import trial_id
+
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        study._storage.set_trial_user_attr(trial._trial_id, "interrupted", True)
+        # A FrozenTrial's attributes are a copy: the storage's setter records this one.
+        storage.set_trial_user_attr(trial_id(storage, study.study_name, trial.number), "interrupted", True)
         study.tell(trial.number, state=TrialState.FAIL)
         study.enqueue_trial(trial.params)
         log.warning(f"Trial {trial.number} was interrupted: marked failed, its parameters queued again")
