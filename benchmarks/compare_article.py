@@ -211,8 +211,11 @@ def main() -> None:
             # the accuracies are a mean over seeds rather than one seed's draw repeated.
             r = spawn(kind, args, args.seed + rep, overrides)
             results[name].append(r)
-            print(f"rep {rep + 1} {name:<40} median epoch {statistics.median(r['epoch_seconds']):6.2f} s  "
-                  f"test acc {r['test_acc']:.4f}", flush=True)
+            print(
+                f"rep {rep + 1} {name:<40} median epoch {statistics.median(r['epoch_seconds']):6.2f} s  "
+                f"test acc {r['test_acc']:.4f}",
+                flush=True,
+            )
     summary = [summarise(name, runs) for name, runs in results.items()]
     base, base_rate = summary[0]["median_epoch_s"], summary[0]["images_per_s"]
     # ratio: of the median epoch times (the headline figure of benchmarks/README.md); per
@@ -228,10 +231,16 @@ def main() -> None:
         s["per_image_ratio_vs_article"] = base_rate / s["images_per_s"]
         s["mean_test_acc"] = statistics.mean(s["test_acc"])
         accs = f"{s['mean_test_acc']:.4f} (" + " ".join(f"{a:.4f}" for a in s["test_acc"]) + ")"
-        print(f"{s['name']:<40} {s['median_epoch_s']:8.2f} {s['images_per_s']:8.0f} {s['peak_rss_mib']:9.0f} "
-              f"{s['ratio_vs_article']:6.3f} {s['per_image_ratio_vs_article']:7.3f}  {accs}")
+        print(
+            f"{s['name']:<40} {s['median_epoch_s']:8.2f} {s['images_per_s']:8.0f} {s['peak_rss_mib']:9.0f} "
+            f"{s['ratio_vs_article']:6.3f} {s['per_image_ratio_vs_article']:7.3f}  {accs}"
+        )
     if args.json:
-        args.json.write_text(json.dumps({"args": vars(args), "machine": machine, "summary": summary, "runs": results}, indent=2, default=str))
+        args.json.write_text(
+            json.dumps(
+                {"args": vars(args), "machine": machine, "summary": summary, "runs": results}, indent=2, default=str
+            )
+        )
 
 
 if __name__ == "__main__":

@@ -38,10 +38,21 @@ def main() -> None:
         cfg = compose("config", overrides=["experiment=seed_baseline", *args.override])
     pl.seed_everything(0, verbose=False)
     datamodule = setup_data(cfg)
-    module = Classifier(net=instantiate(cfg.model), optimizer=instantiate(cfg.optimizer),
-                        num_classes=cfg.data.num_classes, channels_last=cfg.channels_last)
-    trainer = pl.Trainer(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
-                         enable_progress_bar=False, enable_model_summary=False, limit_val_batches=args.limit)
+    module = Classifier(
+        net=instantiate(cfg.model),
+        optimizer=instantiate(cfg.optimizer),
+        num_classes=cfg.data.num_classes,
+        channels_last=cfg.channels_last,
+    )
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=args.limit,
+    )
     seconds: dict[int, list[float]] = {b: [] for b in args.batches}
     for _ in range(args.reps):
         for batch in args.batches:

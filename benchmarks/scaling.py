@@ -46,14 +46,19 @@ def worker(train_size: int, batch_size: int, epochs: int, overrides: list[str]) 
         )
     metrics = train(cfg)
     epoch_s = statistics.median(metrics["epoch_seconds"])
-    print("RESULT " + json.dumps({
-        "train_size": train_size,
-        "batch_size": batch_size,
-        "median_epoch_s": epoch_s,
-        "images_per_s": train_size / epoch_s,
-        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        "test_acc": metrics["test/acc"],
-    }))
+    print(
+        "RESULT "
+        + json.dumps(
+            {
+                "train_size": train_size,
+                "batch_size": batch_size,
+                "median_epoch_s": epoch_s,
+                "images_per_s": train_size / epoch_s,
+                "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                "test_acc": metrics["test/acc"],
+            }
+        )
+    )
 
 
 def main() -> None:
@@ -80,8 +85,11 @@ def main() -> None:
         if proc.returncode != 0 or not lines:
             raise SystemExit(f"point ({n}, {b}) failed:\n{proc.stderr[-3000:]}")
         r = json.loads(lines[-1][7:])
-        print(f"{n:>12} {b:>6} {r['median_epoch_s']:8.2f} {r['images_per_s']:8.0f} {r['peak_rss_mib']:9.0f} "
-              f"{r['test_acc']:8.4f}", flush=True)
+        print(
+            f"{n:>12} {b:>6} {r['median_epoch_s']:8.2f} {r['images_per_s']:8.0f} {r['peak_rss_mib']:9.0f} "
+            f"{r['test_acc']:8.4f}",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -51,8 +51,12 @@ def step_seconds(net: torch.nn.Module, batch: int, steps: int, channels_last: bo
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--widths", nargs="+", default=["32/64", "16/32", "24/32", "32/32", "12/24", "8/16", "16/64"],
-                   help="conv1/conv2 channel pairs")
+    p.add_argument(
+        "--widths",
+        nargs="+",
+        default=["32/64", "16/32", "24/32", "32/32", "12/24", "8/16", "16/64"],
+        help="conv1/conv2 channel pairs",
+    )
     p.add_argument("--batches", type=int, nargs="+", default=[64, 128])
     p.add_argument("--hidden", type=int, default=128)
     p.add_argument("--steps", type=int, default=40, help="timed steps per measurement")
@@ -83,8 +87,10 @@ def main() -> None:
     from mnist_lab.records import machine_record
 
     print(f"machine: {machine_record()}")
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
-          f"{'NCHW' if args.no_channels_last else 'channels_last'}, hidden {args.hidden}, batch norm")
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
+        f"{'NCHW' if args.no_channels_last else 'channels_last'}, hidden {args.hidden}, batch norm"
+    )
     print(f"{'conv1/conv2':>11} {'batch':>6} {'params':>8} {'ms/step':>8} {'epoch s':>8}")
     for (c1, c2, batch), ts in times.items():
         ms = statistics.median(ts) * 1e3

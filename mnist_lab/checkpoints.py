@@ -91,7 +91,9 @@ def read_checkpoint(path: str | Path, key: str = "ckpt_path") -> dict[str, Any]:
     """A Lightning checkpoint (a dict with a `state_dict`), or a CheckpointError."""
     checkpoint = load_file(path, key)
     if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("state_dict"), dict):
-        what = f"a dict with keys {sorted(checkpoint)[:8]}" if isinstance(checkpoint, dict) else type(checkpoint).__name__
+        what = (
+            f"a dict with keys {sorted(checkpoint)[:8]}" if isinstance(checkpoint, dict) else type(checkpoint).__name__
+        )
         raise CheckpointError(
             f"{key}={path} is a PyTorch file but not a Lightning checkpoint: it holds {what}, without a "
             "'state_dict'. Pass a .ckpt file written by `python -m mnist_lab`."
@@ -188,7 +190,9 @@ def load_pretrained(net: nn.Module, path: str | Path) -> list[str]:
         log.warning(
             "Fine-tune: the checkpoint's head has shape %s, the model's %s (another number of classes): "
             "the head is re-initialised, every other layer loaded from %s",
-            tuple(state[head[0]].shape), tuple(own[head[0]].shape), path,
+            tuple(state[head[0]].shape),
+            tuple(own[head[0]].shape),
+            path,
         )
     net.load_state_dict({k: v for k, v in state.items() if k not in head}, strict=False)
     return head
@@ -200,7 +204,11 @@ def resume_mismatch(path: str | Path, net: nn.Module) -> str | None:
         checkpoint = load_file(path, "ckpt_path")
     except CheckpointError as e:
         return str(e).split(" ", 1)[1]  # without the leading `ckpt_path=<path>`: the caller names it
-    if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("state_dict"), dict) or "optimizer_states" not in checkpoint:
+    if (
+        not isinstance(checkpoint, dict)
+        or not isinstance(checkpoint.get("state_dict"), dict)
+        or "optimizer_states" not in checkpoint
+    ):
         return (
             "is not a Lightning training checkpoint (no state_dict / optimizer_states): ckpt_path resumes "
             "training and needs a checkpoint written by a run (checkpoints/last.ckpt); to start from plain "

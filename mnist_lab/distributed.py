@@ -18,8 +18,8 @@ import os
 import subprocess
 import sys
 import warnings
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 import torch
 from pytorch_lightning.plugins.environments import ClusterEnvironment, LightningEnvironment

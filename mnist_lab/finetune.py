@@ -21,11 +21,9 @@ it with one mechanism that avoids what breaks elsewhere:
 from __future__ import annotations
 
 import logging
-import math
-from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
-import pytorch_lightning as pl
 import torch
 from torch import nn
 
@@ -202,7 +200,9 @@ class FineTune:
         frozen = self.frozen_at(epoch)
         if self._applied is not None and frozen != self._applied:
             thawed = sorted(self._applied - frozen, key=self.group_names.index)
-            log.info("Fine-tune, epoch %d: unfreezing %s (lr x%s)", epoch, thawed, [self.lr_multiplier(g) for g in thawed])
+            log.info(
+                "Fine-tune, epoch %d: unfreezing %s (lr x%s)", epoch, thawed, [self.lr_multiplier(g) for g in thawed]
+            )
         for name in self.group_names:
             module = getattr(net, name)
             for p in module.parameters():
@@ -239,7 +239,11 @@ class FineTune:
             self.bad_rounds = 0
             log.info(
                 "Fine-tune: %s has not improved for %d validation(s) (best %.4f); %s unfreezes at epoch %d",
-                opts["monitor"], opts["patience"], self.best, still_frozen[0], epoch + 1,
+                opts["monitor"],
+                opts["patience"],
+                self.best,
+                still_frozen[0],
+                epoch + 1,
             )
 
     def state_dict(self) -> dict[str, Any]:
@@ -259,7 +263,12 @@ def _plateau_options(on_plateau: Mapping[str, Any] | None) -> dict[str, Any] | N
     if unknown:
         raise ConfigError(f"finetune.on_plateau has unknown key(s) {unknown}; the keys are {sorted(defaults)}.")
     opts = {**defaults, **on_plateau}
-    if opts["monitor"] not in MONITORS or opts["mode"] not in ("max", "min") or int(opts["patience"]) < 1 or opts["min_delta"] < 0:
+    if (
+        opts["monitor"] not in MONITORS
+        or opts["mode"] not in ("max", "min")
+        or int(opts["patience"]) < 1
+        or opts["min_delta"] < 0
+    ):
         raise ConfigError(
             f"finetune.on_plateau has monitor={opts['monitor']}, mode={opts['mode']}, patience={opts['patience']}, "
             f"min_delta={opts['min_delta']}: monitor must be one of {list(MONITORS)}, mode max or min, patience >= 1 "
@@ -267,4 +276,3 @@ def _plateau_options(on_plateau: Mapping[str, Any] | None) -> dict[str, Any] | N
         )
     opts["order"] = None if opts["order"] is None else list(opts["order"])
     return opts
-

@@ -35,7 +35,6 @@ def saved_config_of_resumed_run() -> str | None:
     return None
 
 
-
 def check_output_dir(output_dir: Path, ckpt_path: str | None) -> None:
     """Refuse a directory that holds an earlier run, unless this is that run resuming."""
     if (output_dir / "metrics.json").exists():

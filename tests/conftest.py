@@ -29,7 +29,9 @@ TINY = [
 ]
 
 
-def compose_config(overrides: list[str] = (), output_dir: Path | None = None, config_name: str = "config") -> DictConfig:
+def compose_config(
+    overrides: list[str] = (), output_dir: Path | None = None, config_name: str = "config"
+) -> DictConfig:
     """The config `python -m mnist_lab` would build, with output_dir pointed at a test folder.
 
     config_name: another primary config of conf/ (evaluate, predict, export) for its entry point.

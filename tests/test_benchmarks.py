@@ -12,9 +12,22 @@ from mnist_lab import ROOT_DIR
 def test_compare_article_smoke(tmp_path):
     out = tmp_path / "summary.json"
     result = subprocess.run(
-        [sys.executable, "benchmarks/compare_article.py", "--reps", "1", "--epochs", "1", "--limit-batches", "5",
-         "--json", str(out)],
-        cwd=ROOT_DIR, capture_output=True, text=True, timeout=600,
+        [
+            sys.executable,
+            "benchmarks/compare_article.py",
+            "--reps",
+            "1",
+            "--epochs",
+            "1",
+            "--limit-batches",
+            "5",
+            "--json",
+            str(out),
+        ],
+        cwd=ROOT_DIR,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "ratio" in result.stdout
@@ -30,7 +43,10 @@ def test_compare_article_smoke(tmp_path):
 def test_scaling_smoke():
     result = subprocess.run(
         [sys.executable, "benchmarks/scaling.py", "--sizes", "640", "--batches", "64", "128", "--epochs", "1"],
-        cwd=ROOT_DIR, capture_output=True, text=True, timeout=600,
+        cwd=ROOT_DIR,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     machine, header, *lines = result.stdout.splitlines()
@@ -41,9 +57,23 @@ def test_scaling_smoke():
 
 def test_widths_smoke():
     result = subprocess.run(
-        [sys.executable, "benchmarks/widths.py", "--widths", "16/32", "8/16", "--batches", "32", "--steps", "2",
-         "--reps", "1"],
-        cwd=ROOT_DIR, capture_output=True, text=True, timeout=600,
+        [
+            sys.executable,
+            "benchmarks/widths.py",
+            "--widths",
+            "16/32",
+            "8/16",
+            "--batches",
+            "32",
+            "--steps",
+            "2",
+            "--reps",
+            "1",
+        ],
+        cwd=ROOT_DIR,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     rows = [ln.split() for ln in result.stdout.splitlines()[3:]]  # after the machine, torch and header lines
@@ -55,7 +85,10 @@ def test_widths_smoke():
 
 def test_widths_names_a_malformed_width():
     result = subprocess.run(
-        [sys.executable, "benchmarks/widths.py", "--widths", "16x32"], cwd=ROOT_DIR, capture_output=True, text=True,
+        [sys.executable, "benchmarks/widths.py", "--widths", "16x32"],
+        cwd=ROOT_DIR,
+        capture_output=True,
+        text=True,
         timeout=600,
     )
     assert result.returncode != 0 and "16x32" in result.stderr
@@ -64,7 +97,10 @@ def test_widths_names_a_malformed_width():
 def test_eval_batch_smoke():
     result = subprocess.run(
         [sys.executable, "benchmarks/eval_batch.py", "--batches", "64", "128", "--reps", "1", "--limit", "2"],
-        cwd=ROOT_DIR, capture_output=True, text=True, timeout=600,
+        cwd=ROOT_DIR,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     rows = [ln.split() for ln in result.stdout.splitlines() if ln.strip() and ln.split()[0].isdigit()]

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import json
-
-import pytest
 import subprocess
 import sys
+
+import pytest
 
 from tests.conftest import TINY
 

@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from mnist_lab.data import DigitsDataModule, IDXSource, RandomAffine, TensorBatches, read_idx
+from mnist_lab.data import DigitsDataModule, IDXSource, RandomAffine, TensorBatches
 from mnist_lab.errors import ConfigError, DataError
 from tests.conftest import MNIST_DIR
 
@@ -197,7 +197,9 @@ def test_on_device_serves_every_batch_from_one_copy_on_the_device():
 
 
 def test_on_device_gives_the_same_batches_as_host_batches():
-    host, placed = (DigitsDataModule(IDXSource(str(MNIST_DIR)), on_device=flag, train_size=640) for flag in (False, True))
+    host, placed = (
+        DigitsDataModule(IDXSource(str(MNIST_DIR)), on_device=flag, train_size=640) for flag in (False, True)
+    )
     for dm in (host, placed):
         dm.setup()
         dm.trainer = _on("cpu")

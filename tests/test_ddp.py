@@ -11,8 +11,8 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from mnist_lab.data import TensorBatches
 from mnist_lab.classifier import Classifier
+from mnist_lab.data import TensorBatches
 from tests.conftest import TINY, compose_config
 
 

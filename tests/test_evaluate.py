@@ -40,7 +40,9 @@ def test_evaluate_reproduces_the_runs_test_metrics(trained_run, tmp_path):
 
 
 def test_evaluate_on_the_validation_split_and_bad_values(trained_run, tmp_path):
-    metrics = evaluate(compose_config([f"ckpt_path={trained_run}", "split=val"], tmp_path / "v", config_name="evaluate"))
+    metrics = evaluate(
+        compose_config([f"ckpt_path={trained_run}", "split=val"], tmp_path / "v", config_name="evaluate")
+    )
     assert metrics["num_examples"] == 500  # the run's own data config: data.val_size=500
     with pytest.raises(ConfigError, match="split=train"):
         evaluate(compose_config([f"ckpt_path={trained_run}", "split=train"], tmp_path / "t", config_name="evaluate"))
@@ -48,9 +50,19 @@ def test_evaluate_on_the_validation_split_and_bad_values(trained_run, tmp_path):
 
 def test_evaluate_command_line(trained_run, tmp_path):
     result = subprocess.run(
-        [sys.executable, "-m", "mnist_lab", "evaluate", f"ckpt_path={trained_run}", "data=mnist", "data.eval_batch_size=2000",
-         f"hydra.run.dir={tmp_path}/cli"],
-        capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "mnist_lab",
+            "evaluate",
+            f"ckpt_path={trained_run}",
+            "data=mnist",
+            "data.eval_batch_size=2000",
+            f"hydra.run.dir={tmp_path}/cli",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "test/acc" in result.stdout and "precision" in result.stdout
@@ -60,14 +72,18 @@ def test_evaluate_command_line(trained_run, tmp_path):
 def test_ensemble_averages_softmax_of_its_members(trained_run, tmp_path):
     single = evaluate(compose_config([f"ckpt_path={trained_run}"], tmp_path / "one", config_name="evaluate"))
     # The same network twice: the average of two equal softmax outputs is that output.
-    twice = evaluate(compose_config([f"ckpt_path={trained_run}", f"ensemble=[{trained_run}]"], tmp_path / "two",
-                                    config_name="evaluate"))
+    twice = evaluate(
+        compose_config(
+            [f"ckpt_path={trained_run}", f"ensemble=[{trained_run}]"], tmp_path / "two", config_name="evaluate"
+        )
+    )
     assert twice["test/acc"] == single["test/acc"]
     assert twice["test/acc_members"] == pytest.approx([single["test/acc"]] * 2)
     assert twice["test/loss"] == pytest.approx(single["test/loss"], rel=1e-4)
     # With the last checkpoint as a second member, each member keeps its own accuracy.
     last = trained_run / "checkpoints" / "last.ckpt"
-    pair = evaluate(compose_config([f"ckpt_path={trained_run}", f"ensemble=[{last}]"], tmp_path / "pair",
-                                   config_name="evaluate"))
+    pair = evaluate(
+        compose_config([f"ckpt_path={trained_run}", f"ensemble=[{last}]"], tmp_path / "pair", config_name="evaluate")
+    )
     assert pair["test/acc_members"][0] == pytest.approx(single["test/acc"]) and len(pair["ensemble"]) == 1
     assert min(pair["test/acc_members"]) - 0.01 <= pair["test/acc"] <= 1.0

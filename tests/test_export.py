@@ -10,8 +10,8 @@ import torch
 
 from mnist_lab.checkpoints import load_net
 from mnist_lab.data import IDXSource
-from mnist_lab.tools.export import ExportError, export, run_exported
 from mnist_lab.inference.predictor import Predictor
+from mnist_lab.tools.export import ExportError, export, run_exported
 from tests.conftest import MNIST_DIR, compose_config
 
 # Every test here asserts on the model trained by the suite (conftest.trained_run or its own run).
@@ -20,7 +20,9 @@ pytestmark = pytest.mark.trained_model
 
 @pytest.mark.parametrize("fmt,suffix", [("onnx", ".onnx"), ("torchscript", ".pt")])
 def test_export_matches_pytorch_and_predict_runs_from_it(fmt, suffix, trained_run, tmp_path):
-    cfg = compose_config([f"ckpt_path={trained_run}", f"format={fmt}", "check_images=500"], tmp_path, config_name="export")
+    cfg = compose_config(
+        [f"ckpt_path={trained_run}", f"format={fmt}", "check_images=500"], tmp_path, config_name="export"
+    )
     report = export(cfg)
     path = tmp_path / f"model{suffix}"
     assert report["passed"] and report["file"] == str(path) and report["max_abs_diff"] < 1e-4
@@ -41,8 +43,11 @@ def test_export_matches_pytorch_and_predict_runs_from_it(fmt, suffix, trained_ru
 
 def test_export_refuses_a_mismatch(trained_run, tmp_path):
     # A tolerance no float computation meets in another runtime: the check must fail loudly.
-    cfg = compose_config([f"ckpt_path={trained_run}", "format=onnx", "atol=0", "rtol=0", "check_images=200"], tmp_path,
-                         config_name="export")
+    cfg = compose_config(
+        [f"ckpt_path={trained_run}", "format=onnx", "atol=0", "rtol=0", "check_images=200"],
+        tmp_path,
+        config_name="export",
+    )
     try:
         export(cfg)
     except ExportError as e:

@@ -12,13 +12,12 @@ import torch
 from hydra.utils import instantiate
 
 from mnist_lab import CONF_DIR
-from mnist_lab.data import DigitsDataModule, IDXSource, Splits
-from mnist_lab.errors import ConfigError
 from mnist_lab.checkpoints import load_pretrained
-from mnist_lab.errors import CheckpointError
+from mnist_lab.classifier import Classifier
+from mnist_lab.data import DigitsDataModule, IDXSource, Splits
+from mnist_lab.errors import CheckpointError, ConfigError
 from mnist_lab.finetune import FineTune
 from mnist_lab.models import CNN, MLP
-from mnist_lab.classifier import Classifier
 from mnist_lab.train import train
 from tests.conftest import MNIST_DIR, TINY, compose_config
 
@@ -58,8 +57,14 @@ class Recorder(pl.Callback):
     def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:
         if batch_idx == 0:  # after the module's on_train_epoch_start applied the strategy
             self.lrs.append({g.get("name", "all"): g["lr"] for g in trainer.optimizers[0].param_groups})
-            self.trainable.append({g for g in GROUPS if all(p.requires_grad for p in getattr(module.net, g).parameters())})
-            bns = [(n.split(".")[0], m.training) for n, m in module.net.named_modules() if isinstance(m, torch.nn.BatchNorm2d)]
+            self.trainable.append(
+                {g for g in GROUPS if all(p.requires_grad for p in getattr(module.net, g).parameters())}
+            )
+            bns = [
+                (n.split(".")[0], m.training)
+                for n, m in module.net.named_modules()
+                if isinstance(m, torch.nn.BatchNorm2d)
+            ]
             self.bn_training.append({g for g, training in bns if training})
 
     def on_train_epoch_end(self, trainer, module) -> None:
@@ -82,13 +87,22 @@ def fit(splits: Splits, strategy: str, *overrides: str, epochs: int = 1, callbac
     pl.seed_everything(0)
     net = instantiate(cfg.model)
     module = Classifier(
-        net, instantiate(cfg.optimizer), instantiate(cfg.scheduler.scheduler), cfg.scheduler.interval,
+        net,
+        instantiate(cfg.optimizer),
+        instantiate(cfg.scheduler.scheduler),
+        cfg.scheduler.interval,
         finetune=instantiate(cfg.finetune),
     )
     recorder = Recorder()
     trainer = pl.Trainer(
-        accelerator="cpu", max_epochs=epochs, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-        enable_model_summary=False, num_sanity_val_steps=0, callbacks=[recorder, *callbacks],
+        accelerator="cpu",
+        max_epochs=epochs,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        callbacks=[recorder, *callbacks],
     )
     trainer.fit(module, datamodule=DigitsDataModule(FixedSource(splits), batch_size=64, eval_batch_size=200))
     return module, recorder
@@ -118,8 +132,13 @@ class ForceDistributedMode(pl.Callback):
 
 def test_distributed_mode_freezes_by_dropping_gradients(small_mnist):
     """Under DDP every parameter keeps requires_grad; frozen groups still stay bit-for-bit equal."""
-    _, rec = fit(small_mnist, "freeze_conv", "model.batch_norm=true", "optimizer.weight_decay=0.01",
-                 callbacks=[ForceDistributedMode()])
+    _, rec = fit(
+        small_mnist,
+        "freeze_conv",
+        "model.batch_norm=true",
+        "optimizer.weight_decay=0.01",
+        callbacks=[ForceDistributedMode()],
+    )
     assert rec.trainable[0] == set(GROUPS)
     assert rec.bn_training[0] == set()  # frozen batch norm still in eval mode
     assert changed(rec.states[0], rec.states[1]) == {"fc1", "head"}
@@ -135,8 +154,13 @@ def test_frozen_batch_norm_can_keep_updating_statistics(small_mnist):
 
 def test_gradual_unfreeze_fires_at_its_epochs_and_schedulers_keep_working(small_mnist):
     module, rec = fit(
-        small_mnist, "gradual_unfreeze", "scheduler=step", "scheduler.scheduler.step_size=1",
-        "scheduler.scheduler.gamma=0.5", "model.batch_norm=true", epochs=4,
+        small_mnist,
+        "gradual_unfreeze",
+        "scheduler=step",
+        "scheduler.scheduler.step_size=1",
+        "scheduler.scheduler.gamma=0.5",
+        "model.batch_norm=true",
+        epochs=4,
     )
     first_change = {g: min(e for e in range(4) if g in changed(rec.states[e], rec.states[e + 1])) for g in GROUPS}
     assert first_change == {"head": 0, "fc1": 1, "conv2": 2, "conv1": 3}
@@ -182,8 +206,15 @@ def test_none_without_checkpoint_is_a_plain_run(small_mnist):
     assert len(module.trainer.optimizers[0].param_groups) == 1
     pl.seed_everything(0)
     plain = Classifier(CNN(), instantiate(compose_config(["optimizer.lr=0.05"]).optimizer))
-    trainer = pl.Trainer(accelerator="cpu", max_epochs=1, logger=False, enable_checkpointing=False,
-                         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0)
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        max_epochs=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+    )
     trainer.fit(plain, datamodule=DigitsDataModule(FixedSource(small_mnist), batch_size=64, eval_batch_size=200))
     for k, v in plain.net.state_dict().items():
         assert torch.equal(v, rec.states[1][k]), k
@@ -192,8 +223,13 @@ def test_none_without_checkpoint_is_a_plain_run(small_mnist):
 def test_plateau_unfreezes_the_next_group(small_mnist):
     # min_delta 1.0: no validation ever counts as an improvement, so with patience 1 the
     # first validation sets the reference and each later one unfreezes the next group.
-    module, rec = fit(small_mnist, "unfreeze_on_plateau", "finetune.on_plateau.patience=1",
-                      "finetune.on_plateau.min_delta=1.0", epochs=3)
+    module, rec = fit(
+        small_mnist,
+        "unfreeze_on_plateau",
+        "finetune.on_plateau.patience=1",
+        "finetune.on_plateau.min_delta=1.0",
+        epochs=3,
+    )
     assert module.finetune.plateau_events == {2: "conv2", 3: "conv1"}
     assert rec.trainable == [{"fc1", "head"}, {"fc1", "head"}, {"conv2", "fc1", "head"}]
     assert "conv2" not in changed(rec.states[1], rec.states[2]) and "conv2" in changed(rec.states[2], rec.states[3])
@@ -205,8 +241,13 @@ RESUME = ["data.train_size=256", "logger=none", "test=false", "scheduler=step", 
 # Scheduled (fc1 at epoch 1) and plateau-driven unfreezing (min_delta 1.0: every validation
 # after the first is a plateau, so conv2 unfreezes at epoch 2), with Adam and StepLR state.
 RESUMED_STRATEGY = [
-    "finetune=unfreeze_on_plateau", "finetune.frozen=[conv1,conv2,fc1]", "finetune.unfreeze={1: [fc1]}",
-    "finetune.on_plateau.patience=1", "finetune.on_plateau.min_delta=1.0", "optimizer=adam", "optimizer.lr=0.003",
+    "finetune=unfreeze_on_plateau",
+    "finetune.frozen=[conv1,conv2,fc1]",
+    "finetune.unfreeze={1: [fc1]}",
+    "finetune.on_plateau.patience=1",
+    "finetune.on_plateau.min_delta=1.0",
+    "optimizer=adam",
+    "optimizer.lr=0.003",
 ]
 
 
@@ -290,10 +331,18 @@ def test_unknown_group_fails_with_the_models_groups(tiny_cfg):
 def test_pretrain_export_then_finetune_on_uci_digits(tmp_path):
     """The README's two commands at toy size: pretrain + export, then freeze_conv from those weights."""
     weights = tmp_path / "pretrained" / "mnist_cnn.pt"
-    pretrain = [*TINY, "experiment=pretrain_mnist", "data.train_size=256", "trainer.max_epochs=1", "data.batch_size=64",
-                "scheduler=none",  # one-cycle cannot split 4 steps into its phases
-                "~data/augment",
-                "logger=none", "test=false", f"callbacks.export_weights.path={weights}"]
+    pretrain = [
+        *TINY,
+        "experiment=pretrain_mnist",
+        "data.train_size=256",
+        "trainer.max_epochs=1",
+        "data.batch_size=64",
+        "scheduler=none",  # one-cycle cannot split 4 steps into its phases
+        "~data/augment",
+        "logger=none",
+        "test=false",
+        f"callbacks.export_weights.path={weights}",
+    ]
     train(compose_config(pretrain, tmp_path / "pretrain"))
     exported = torch.load(weights, weights_only=True)
     assert json.loads(weights.with_suffix(".json").read_text())["checkpoint"].endswith(".ckpt")
@@ -302,8 +351,16 @@ def test_pretrain_export_then_finetune_on_uci_digits(tmp_path):
     assert torch.equal(torch.load(weights, weights_only=True)["head.weight"], exported["head.weight"])
 
     finetune = compose_config(
-        [*TINY, "data=uci_digits", "data.train_size=null", "data.labels_per_class=10", "finetune=freeze_conv",
-         f"finetune.checkpoint={weights}", "logger=none", "callbacks.test_report=null"],
+        [
+            *TINY,
+            "data=uci_digits",
+            "data.train_size=null",
+            "data.labels_per_class=10",
+            "finetune=freeze_conv",
+            f"finetune.checkpoint={weights}",
+            "logger=none",
+            "callbacks.test_report=null",
+        ],
         tmp_path / "finetune",
     )
     metrics = train(finetune)
@@ -314,7 +371,6 @@ def test_pretrain_export_then_finetune_on_uci_digits(tmp_path):
     assert 0 <= metrics["test/acc"] <= 1
 
 
-
 def test_transfer_table_from_job_directories(tmp_path, capsys):
     from omegaconf import OmegaConf
 
@@ -323,8 +379,10 @@ def test_transfer_table_from_job_directories(tmp_path, capsys):
     def job(n, strategy, checkpoint, labels, seed, acc):
         d = tmp_path / "sweep" / str(n)
         (d / ".hydra").mkdir(parents=True)
-        OmegaConf.save({"seed": seed, "data": {"labels_per_class": labels}, "finetune": {"checkpoint": checkpoint}},
-                       d / ".hydra" / "config.yaml")
+        OmegaConf.save(
+            {"seed": seed, "data": {"labels_per_class": labels}, "finetune": {"checkpoint": checkpoint}},
+            d / ".hydra" / "config.yaml",
+        )
         OmegaConf.save({"hydra": {"runtime": {"choices": {"finetune": strategy}}}}, d / ".hydra" / "hydra.yaml")
         if acc is not None:
             (d / "metrics.json").write_text(json.dumps({"test/acc": acc, "train_seconds": 10.0}))

@@ -20,7 +20,6 @@ from PIL import Image
 from mnist_lab import ROOT_DIR
 from mnist_lab.config.migrate import RENAMED, migrate
 from mnist_lab.data import IDXSource
-
 from tests.conftest import run_entry_point
 
 ASSET = Path(__file__).parent / "assets" / "run_a52b964"
@@ -59,8 +58,9 @@ def test_old_run_resumes(old_run):
     from mnist_lab.__main__ import cli
 
     before = torch.load(old_run / "checkpoints" / "last.ckpt", weights_only=True)
-    code = run_entry_point(cli, "mnist_lab", f"resume={old_run}", "trainer.max_epochs=2", "test=false",
-                           "callbacks.progress_bar=null")
+    code = run_entry_point(
+        cli, "mnist_lab", f"resume={old_run}", "trainer.max_epochs=2", "test=false", "callbacks.progress_bar=null"
+    )
     assert code == 0
     after = torch.load(old_run / "checkpoints" / "last.ckpt", weights_only=True)
     assert (before["epoch"], after["epoch"]) == (1, 2) and after["global_step"] == 2 * before["global_step"]
@@ -68,8 +68,12 @@ def test_old_run_resumes(old_run):
 
 
 def test_moved_targets_are_renamed():
-    old = OmegaConf.create({"data": {"source": {"_target_": "mnist_lab.sources.UCIDigitsSource", "box": 20}},
-                            "callbacks": {"export_weights": {"_target_": "mnist_lab.finetune.ExportWeights"}}})
+    old = OmegaConf.create(
+        {
+            "data": {"source": {"_target_": "mnist_lab.sources.UCIDigitsSource", "box": 20}},
+            "callbacks": {"export_weights": {"_target_": "mnist_lab.finetune.ExportWeights"}},
+        }
+    )
     new = migrate(old)
     assert new.data.source._target_ == "mnist_lab.data.UCIDigitsSource" and new.data.source.box == 20
     assert new.callbacks.export_weights._target_ == "mnist_lab.callbacks.ExportWeights"

@@ -72,7 +72,10 @@ def test_rendered_digits_are_read_as_the_model_reads_the_originals(variant, test
 def test_preparation_of_an_mnist_digit_reproduces_it(test_digits):
     x, _ = test_digits
     # An MNIST digit is already prepared: preparing it again moves it by at most a pixel or so.
-    diffs = [np.abs(prepare(x[i].astype(np.float32) / 255, split=False)[0].image.astype(int) - x[i]).mean() for i in range(50)]
+    diffs = [
+        np.abs(prepare(x[i].astype(np.float32) / 255, split=False)[0].image.astype(int) - x[i]).mean()
+        for i in range(50)
+    ]
     assert np.median(diffs) < 6  # of 255: the same image up to antialiasing and a 1-px shift
 
 
@@ -133,15 +136,25 @@ def test_bad_files_get_their_own_error_and_the_others_are_read(test_digits, trai
     (inputs / "truncated.png").write_bytes(good_bytes[: len(good_bytes) // 3])
     out = tmp_path / "out"
     cfg = compose_config(
-        [f"ckpt_path={trained_run}", f"inputs=[{inputs},{tmp_path / 'missing.png'}]", "formats=[csv,json]", "save_prepared=true"],
+        [
+            f"ckpt_path={trained_run}",
+            f"inputs=[{inputs},{tmp_path / 'missing.png'}]",
+            "formats=[csv,json]",
+            "save_prepared=true",
+        ],
         out,
         config_name="predict",
     )
     records = {r["file"].split("/")[-1]: r for r in predict(cfg)}
     assert records["a_good.png"]["error"] is None and len(records["a_good.png"]["text"]) == 1
     assert records["b_good.jpg"]["error"] is None
-    expected = {"empty.png": "empty", "notes.png": "not an image", "blank.png": "no ink", "truncated.png": "truncated",
-                "missing.png": "does not exist"}
+    expected = {
+        "empty.png": "empty",
+        "notes.png": "not an image",
+        "blank.png": "no ink",
+        "truncated.png": "truncated",
+        "missing.png": "does not exist",
+    }
     for name, words in expected.items():
         assert words in records[name]["error"], (name, records[name]["error"])
     saved = json.loads((out / "predictions.json").read_text())
@@ -150,8 +163,18 @@ def test_bad_files_get_their_own_error_and_the_others_are_read(test_digits, trai
     assert np.asarray(Image.open(prepared)).shape == (28, 28)
     # The command line: same results, exit status 2 because some files failed.
     result = subprocess.run(
-        [sys.executable, "-m", "mnist_lab", "predict", f"ckpt_path={trained_run}", f"inputs={inputs}", f"hydra.run.dir={tmp_path}/cli"],
-        capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "mnist_lab",
+            "predict",
+            f"ckpt_path={trained_run}",
+            f"inputs={inputs}",
+            f"hydra.run.dir={tmp_path}/cli",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode == 2, result.stderr[-2000:]
     assert "a_good.png: " in result.stdout and "blank.png: ERROR" in result.stdout and "Traceback" not in result.stderr
@@ -172,8 +195,14 @@ def test_bad_checkpoints_give_one_paragraph(trained_run, tmp_path):
     text.write_text("hello\n")
     empty = tmp_path / "empty.ckpt"
     empty.write_bytes(b"")
-    cases = {foreign: "another project", truncated: "truncated or corrupted", text: "not a PyTorch checkpoint",
-             empty: "empty", tmp_path / "nope.ckpt": "does not exist", tmp_path: "directory without"}
+    cases = {
+        foreign: "another project",
+        truncated: "truncated or corrupted",
+        text: "not a PyTorch checkpoint",
+        empty: "empty",
+        tmp_path / "nope.ckpt": "does not exist",
+        tmp_path: "directory without",
+    }
     for path, words in cases.items():
         with pytest.raises(CheckpointError, match=words):
             load_net(path)
@@ -184,7 +213,17 @@ def test_bad_checkpoints_give_one_paragraph(trained_run, tmp_path):
     assert cfg.model._target_ == "mnist_lab.models.CNN"
     # On the command line: one paragraph, exit status 1, no traceback.
     result = subprocess.run(
-        [sys.executable, "-m", "mnist_lab", "predict", f"ckpt_path={truncated}", f"inputs={tmp_path}", f"hydra.run.dir={tmp_path}/o"],
-        capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "mnist_lab",
+            "predict",
+            f"ckpt_path={truncated}",
+            f"inputs={tmp_path}",
+            f"hydra.run.dir={tmp_path}/o",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode == 1 and "truncated or corrupted" in result.stderr and "Traceback" not in result.stderr

@@ -16,11 +16,9 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from mnist_lab import ROOT_DIR
-from mnist_lab.data import TensorBatches
-from mnist_lab.errors import ConfigError
-from mnist_lab.errors import NonFiniteLossError
 from mnist_lab.checkpoints import AtomicCheckpointIO
-from mnist_lab.errors import RunInterrupted
+from mnist_lab.data import TensorBatches
+from mnist_lab.errors import ConfigError, NonFiniteLossError, RunInterrupted
 from mnist_lab.rundir import check_output_dir, resume_argv
 from mnist_lab.train import NOT_REPRODUCIBLE, train
 from tests.conftest import TINY, compose_config, run_entry_point
@@ -283,7 +281,14 @@ def test_fine_tune_state_survives_a_resume(tmp_path, every, crash_at, saved_at):
     # Gradual unfreezing: epoch 0 trains the head only, epoch 1 also fc1 (8 steps per epoch).
     # Resumed mid-epoch, Lightning skips on_train_epoch_start; resumed from the checkpoint of
     # epoch 0's validation (the default: no checkpoints within an epoch), the run starts epoch 1.
-    run = [*TINY, "data.train_size=512", "trainer.max_epochs=2", "finetune=gradual_unfreeze", "test=false", "logger=none"]
+    run = [
+        *TINY,
+        "data.train_size=512",
+        "trainer.max_epochs=2",
+        "finetune=gradual_unfreeze",
+        "test=false",
+        "logger=none",
+    ]
     run.append(f"checkpoint_every_n_steps={every or 'null'}")
     train(compose_config(run, tmp_path / "reference"))
     crashed = tmp_path / "crashed"

@@ -16,8 +16,8 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
-from mnist_lab.errors import ConfigError, DataError
 from mnist_lab.data import TorchvisionSource, UCIDigitsSource, to_mnist_form
+from mnist_lab.errors import ConfigError, DataError
 from tests.conftest import compose_config
 
 
@@ -62,7 +62,9 @@ def test_uci_digits_in_mnist_form(uci):
     x = torch.cat([uci.train_x, uci.test_x]).float()
     # MNIST's form: white ink on black (dark border), digit in the middle 20x20 box, centre of
     # mass at the centre (within the whole-pixel shift's rounding).
-    ring = torch.cat([x[..., :2, :].flatten(1), x[..., -2:, :].flatten(1), x[..., :2].flatten(1), x[..., -2:].flatten(1)], 1)
+    ring = torch.cat(
+        [x[..., :2, :].flatten(1), x[..., -2:, :].flatten(1), x[..., :2].flatten(1), x[..., -2:].flatten(1)], 1
+    )
     assert ring.mean() < 2 and x.mean() > 20 * ring.mean()  # ink is inside; only shifted digits touch the rim
     assert x[..., 4:24, 4:24].mean() > 0.2 * 255
     coords = torch.arange(28) + 0.5

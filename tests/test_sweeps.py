@@ -57,7 +57,9 @@ def test_parallel_sweep_records_a_failing_job_and_reports_every_job(tmp_path):
 
 def test_submitit_local_runs_each_job_in_its_own_process(tmp_path):
     sweep = tmp_path / "sweep"
-    result = run_cli("-m", *SMALL, "logger=none", "hydra/launcher=submitit_local", "seed=0,1", f"hydra.sweep.dir={sweep}")
+    result = run_cli(
+        "-m", *SMALL, "logger=none", "hydra/launcher=submitit_local", "seed=0,1", f"hydra.sweep.dir={sweep}"
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert len(list((sweep / ".submitit").glob("*/*_result.pkl"))) == 2
     metrics = [json.loads((sweep / n / "metrics.json").read_text()) for n in ("0", "1")]
@@ -98,7 +100,10 @@ def test_optuna_search_resumes_prunes_and_records_failures(tmp_path):
     trials = {t.params["optimizer.lr"]: t for t in study.trials}
     assert len(study.trials) == 3 and set(trials) == {0.05, 1e-6, -1.0}
     assert trials[0.05].state == TrialState.COMPLETE and trials[0.05].value > 0.3
-    assert trials[0.05].value == json.loads((sweep / str(trials[0.05].number) / "metrics.json").read_text())["val/acc_best"]
+    assert (
+        trials[0.05].value
+        == json.loads((sweep / str(trials[0.05].number) / "metrics.json").read_text())["val/acc_best"]
+    )
     pruned = trials[1e-6]
     assert pruned.state == TrialState.PRUNED and pruned.intermediate_values[0] < 0.3
     assert json.loads((sweep / str(pruned.number) / "metrics.json").read_text())["epochs"] == 1  # stopped early
@@ -159,8 +164,11 @@ def test_report_of_a_directory_without_jobs_says_what_to_pass(tmp_path, capsys):
 def test_report_gives_each_settings_spread_over_seeds(tmp_path):
     """A seed sweep's report ends with mean ± std per setting; failed jobs are left out of it."""
     jobs = [  # (batch_size, seed, test/acc, train_seconds, test_seconds), or None metrics: failed
-        ("64", "0", 0.9900, 7.0, 1.0), ("64", "1", 0.9910, 8.0, 1.0), ("64", "2", 0.9920, 9.0, 1.0),
-        ("128", "0", 0.9800, 5.0, 0.5), ("128", "1", None, None, None),
+        ("64", "0", 0.9900, 7.0, 1.0),
+        ("64", "1", 0.9910, 8.0, 1.0),
+        ("64", "2", 0.9920, 9.0, 1.0),
+        ("128", "0", 0.9800, 5.0, 0.5),
+        ("128", "1", None, None, None),
     ]
     for n, (batch, seed, acc, train_s, test_s) in enumerate(jobs):
         job = tmp_path / str(n)

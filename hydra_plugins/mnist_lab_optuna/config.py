@@ -5,7 +5,7 @@ optuna or torch import here.
 """
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, Optional
+from typing import Any
 
 from hydra.core.config_store import ConfigStore
 
@@ -20,21 +20,23 @@ class OptunaSweeperConf:
     study_name: str = "mnist_lab"
     # sqlite:///path/study.db, a journal file path ending in .log, or null (in memory: no
     # resuming, no pruning).
-    storage: Optional[str] = None
+    storage: str | None = None
     direction: str = "maximize"
     # Trials the study should hold when the search ends (complete, pruned and failed ones).
     n_trials: int = 20
     # Trials launched together: jobs the launcher may run in parallel (hydra/launcher=joblib).
     n_jobs: int = 1
     # An optuna sampler config (_target_ + arguments), or null for TPE with its defaults.
-    sampler: Optional[Any] = None
+    sampler: Any | None = None
     # An optuna pruner config, or null: no pruning.
-    pruner: Optional[Any] = None
+    pruner: Any | None = None
     # Reported to the trial after every validation epoch; the pruner judges it.
     monitor: str = "val/acc"
     # The search space: config key -> choice(...), interval(...), tag(log, interval(...)),
     # tag(int, interval(...)) or range(...). Command-line sweeps add to it and win.
-    params: Dict[str, str] = field(default_factory=dict)
+    params: dict[str, str] = field(default_factory=dict)
 
 
-ConfigStore.instance().store(group="hydra/sweeper", name="mnist_lab_optuna", node=OptunaSweeperConf, provider="mnist_lab")
+ConfigStore.instance().store(
+    group="hydra/sweeper", name="mnist_lab_optuna", node=OptunaSweeperConf, provider="mnist_lab"
+)

@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, List, Optional, Sequence
+from typing import Any
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import ChoiceSweep, IntervalSweep, Override, RangeSweep
@@ -36,22 +37,22 @@ class OptunaSweeper(Sweeper):
     def __init__(
         self,
         study_name: str,
-        storage: Optional[str],
+        storage: str | None,
         direction: str,
         n_trials: int,
         n_jobs: int,
-        sampler: Optional[Any],
-        pruner: Optional[Any],
+        sampler: Any | None,
+        pruner: Any | None,
         monitor: str,
-        params: Optional[DictConfig],
+        params: DictConfig | None,
     ) -> None:
         self.study_name, self.storage, self.direction = study_name, storage, direction
         self.n_trials, self.n_jobs, self.monitor = n_trials, n_jobs, monitor
         self.sampler_cfg, self.pruner_cfg = sampler, pruner
         self.params = {str(k): str(v) for k, v in (params or {}).items()}
-        self.config: Optional[DictConfig] = None
+        self.config: DictConfig | None = None
         self.launcher = None
-        self.hydra_context: Optional[HydraContext] = None
+        self.hydra_context: HydraContext | None = None
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
         from hydra.core.plugins import Plugins
@@ -61,7 +62,7 @@ class OptunaSweeper(Sweeper):
             hydra_context=hydra_context, task_function=task_function, config=config
         )
 
-    def sweep(self, arguments: List[str]) -> Any:
+    def sweep(self, arguments: list[str]) -> Any:
         import optuna
         from hydra.utils import instantiate
 
@@ -190,7 +191,7 @@ class OptunaSweeper(Sweeper):
 def job_error(ret: JobReturn) -> Exception:
     """The exception a failed job raised: Hydra's `return_value` raises it (and names the job on stderr)."""
     try:
-        ret.return_value
+        ret.return_value  # noqa: B018  # the property raises the job's exception
     except Exception as e:
         return e
     raise ValueError(f"job {ret.overrides} did not fail: status {ret.status}")

@@ -47,10 +47,14 @@ class FineTuneSchedule(pl.Callback):
         metrics = {k: float(trainer.callback_metrics[k]) for k in ("val/acc", "val/loss")}
         self.strategy.observe(trainer.current_epoch, metrics)
 
-    def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]) -> None:
+    def on_save_checkpoint(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
         checkpoint["finetune"] = self.strategy.state_dict()
 
-    def on_load_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]) -> None:
+    def on_load_checkpoint(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
         if "finetune" in checkpoint:
             self.strategy.load_state_dict(checkpoint["finetune"])
 

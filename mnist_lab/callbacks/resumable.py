@@ -160,4 +160,3 @@ class Resumable(Checkpoint):
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.check_finite(trainer, pl_module)
-

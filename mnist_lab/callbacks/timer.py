@@ -69,7 +69,11 @@ class EpochTimer(pl.Callback):
         pl_module.log_dict({"time/epoch_s": self._train, "time/val_s": self._val})
 
     def state_dict(self) -> dict:
-        return {"epoch_seconds": self.epoch_seconds, "val_seconds": self.val_seconds, "train_seconds": self.train_seconds()}
+        return {
+            "epoch_seconds": self.epoch_seconds,
+            "val_seconds": self.val_seconds,
+            "train_seconds": self.train_seconds(),
+        }
 
     def load_state_dict(self, state_dict: dict) -> None:
         self.epoch_seconds = list(state_dict["epoch_seconds"])

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 
@@ -89,5 +89,3 @@ class TensorBatches:
 
     def load_state_dict(self, state: dict[str, int]) -> None:
         self.epoch, self._skip = state["epoch"], state["served"]
-
-

@@ -20,7 +20,6 @@ from mnist_lab.data.sources import Source, Splits
 from mnist_lab.errors import ConfigError
 
 
-
 class DigitsDataModule(pl.LightningDataModule):
     """Any `Source` split, subset and batched in memory; normalised per batch on the device.
 

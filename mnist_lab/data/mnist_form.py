@@ -39,8 +39,15 @@ def to_mnist_form(images: torch.Tensor, box: int = 28, center: bool = False, pol
         if polarity == "invert":
             x = 1 - x
         elif polarity == "auto":
-            border = torch.cat([x[..., :2, :].flatten(1), x[..., -2:, :].flatten(1), x[..., :, :2].flatten(1),
-                                x[..., :, -2:].flatten(1)], 1).mean(1)
+            border = torch.cat(
+                [
+                    x[..., :2, :].flatten(1),
+                    x[..., -2:, :].flatten(1),
+                    x[..., :, :2].flatten(1),
+                    x[..., :, -2:].flatten(1),
+                ],
+                1,
+            ).mean(1)
             light = (border > x.flatten(1).mean(1)).view(-1, 1, 1, 1)
             x = torch.where(light, 1 - x, x)
         if x.shape[-2:] != (box, box):
@@ -64,7 +71,9 @@ def _center_of_mass_shift(x: torch.Tensor, limit: int) -> torch.Tensor:
     # Whole-pixel shifts as a gather: exact (no resampling), one op for the whole batch.
     src_r = torch.arange(28).view(1, 28) - dy.view(-1, 1)  # (n, 28): the row each output row reads
     src_c = torch.arange(28).view(1, 28) - dx.view(-1, 1)
-    shifted = x[torch.arange(len(x)).view(-1, 1, 1), 0, src_r.clamp(0, 27).unsqueeze(2), src_c.clamp(0, 27).unsqueeze(1)]
+    shifted = x[
+        torch.arange(len(x)).view(-1, 1, 1), 0, src_r.clamp(0, 27).unsqueeze(2), src_c.clamp(0, 27).unsqueeze(1)
+    ]
     # Pixels that come from outside the frame are background (the clamp repeated the edge).
     inside = ((src_r >= 0) & (src_r < 28)).unsqueeze(2) & ((src_c >= 0) & (src_c < 28)).unsqueeze(1)
     return (shifted * inside).unsqueeze(1)

@@ -124,8 +124,13 @@ def to_mnist(ink: np.ndarray) -> np.ndarray:
     scale = BOX / max(rows.max() - rows.min() + 1, cols.max() - cols.min() + 1)
     size = (min(SIZE, max(1, round(h * scale))), min(SIZE, max(1, round(w * scale))))
     # Antialiased resampling: averages the pixels each output pixel covers when shrinking.
-    digit = F.interpolate(torch.from_numpy(np.ascontiguousarray(crop))[None, None], size=size, mode="bilinear",
-                          antialias=True, align_corners=False)[0, 0].clamp_(0, 1)
+    digit = F.interpolate(
+        torch.from_numpy(np.ascontiguousarray(crop))[None, None],
+        size=size,
+        mode="bilinear",
+        antialias=True,
+        align_corners=False,
+    )[0, 0].clamp_(0, 1)
     digit = digit / digit.max().clamp(min=1e-6)  # a thin pen fades when shrunk; MNIST's strokes peak at 255
     mass = digit.sum()
     cy = (digit.sum(1) * torch.arange(size[0])).sum() / mass

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import json
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -53,11 +54,15 @@ class Predictor:
         import onnxruntime as ort
 
         if not self.path.is_file():
-            raise ModelFileError(f"ckpt_path={self.path} does not exist. Pass a file from `python -m mnist_lab export`.")
+            raise ModelFileError(
+                f"ckpt_path={self.path} does not exist. Pass a file from `python -m mnist_lab export`."
+            )
         try:
             self.session = ort.InferenceSession(str(self.path), providers=["CPUExecutionProvider"])
         except Exception as e:  # onnxruntime raises its own Fail/InvalidGraph/... types
-            raise ModelFileError(f"{self.path} is not a usable ONNX model ({str(e).splitlines()[0]}). Export it again.") from e
+            raise ModelFileError(
+                f"{self.path} is not a usable ONNX model ({str(e).splitlines()[0]}). Export it again."
+            ) from e
         self._read_meta(self.session.get_modelmeta().custom_metadata_map)
 
     def _load_torchscript(self) -> None:
@@ -114,5 +119,3 @@ def probabilities(
             x = normalize(images[start : start + batch_size].to(device), mean, std)
             out.append(logits(x).float().softmax(1).cpu())
     return torch.cat(out) if out else torch.zeros(0, 10)
-
-

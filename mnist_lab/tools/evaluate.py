@@ -48,7 +48,9 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     datamodule.setup("test")
     x = getattr(datamodule.splits, f"{cfg.split}_x")
     y = getattr(datamodule.splits, f"{cfg.split}_y")
-    member_probs = [probabilities(m, x, datamodule.mean, datamodule.std, datamodule.eval_batch_size, device) for m in members]
+    member_probs = [
+        probabilities(m, x, datamodule.mean, datamodule.std, datamodule.eval_batch_size, device) for m in members
+    ]
     classes = member_probs[0].shape[1]
     if int(y.max()) >= classes:
         raise ConfigError(
@@ -99,14 +101,17 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     console.print(
         "most confidently wrong (index: true -> predicted, confidence): "
         + ", ".join(
-            f"{w['index']}: {w['true']}->{w['pred']} {w['confidence']:.3f}" for w in metrics[f"{s}/most_confident_wrong"][:10]
+            f"{w['index']}: {w['true']}->{w['pred']} {w['confidence']:.3f}"
+            for w in metrics[f"{s}/most_confident_wrong"][:10]
         )
     )
     output_dir = Path(cfg.paths.output_dir)
     write_json(output_dir / "metrics.json", metrics)
     figures = {f"{s}/confusion_matrix": confusion_figure(confusion)}
     if len(wrong):
-        figures[f"{s}/most_confident_wrong"] = misclassified_figure([(x[i, 0], int(y[i]), int(preds[i])) for i in wrong])
+        figures[f"{s}/most_confident_wrong"] = misclassified_figure(
+            [(x[i, 0], int(y[i]), int(preds[i])) for i in wrong]
+        )
     (output_dir / "figures").mkdir(parents=True, exist_ok=True)
     writer = SummaryWriter(str(output_dir / "tensorboard"))
     for key in (f"{s}/acc", f"{s}/loss"):

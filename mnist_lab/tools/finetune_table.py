@@ -25,7 +25,11 @@ def read_jobs(sweep_dirs: list[Path]) -> tuple[list[dict], list[str]]:
             choices = OmegaConf.load(job / ".hydra" / "hydra.yaml").hydra.runtime.choices
             strategy = choices.finetune if cfg.finetune.checkpoint else "scratch"
             if not (job / "metrics.json").exists():
-                error = (job / "error.txt").read_text().split("\n")[0] if (job / "error.txt").exists() else "no metrics.json"
+                error = (
+                    (job / "error.txt").read_text().split("\n")[0]
+                    if (job / "error.txt").exists()
+                    else "no metrics.json"
+                )
                 problems.append(f"{job}: {strategy}, labels_per_class={cfg.data.labels_per_class}: {error}")
                 continue
             metrics = json.loads((job / "metrics.json").read_text())
@@ -61,7 +65,9 @@ def table(jobs: list[dict]) -> str:
                 continue
             accs = [100 * r["acc"] for r in runs]
             sd = statistics.stdev(accs) if len(accs) > 1 else 0.0
-            row.append(f"{statistics.mean(accs):.1f} ± {sd:.1f} ({statistics.mean(r['seconds'] for r in runs):.1f}) n={len(runs)}")
+            row.append(
+                f"{statistics.mean(accs):.1f} ± {sd:.1f} ({statistics.mean(r['seconds'] for r in runs):.1f}) n={len(runs)}"
+            )
         lines.append(f"| {s} | " + " | ".join(row) + " |")
     return "\n".join(lines)
 

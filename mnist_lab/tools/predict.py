@@ -26,7 +26,6 @@ from mnist_lab.inference.imageprep import IMAGE_SUFFIXES, ImageError, prepare, r
 from mnist_lab.inference.predictor import Predictor
 
 
-
 def collect_inputs(inputs: str | list[str]) -> list[Path]:
     """Files to read: named files as given, directories searched recursively for image files.
 

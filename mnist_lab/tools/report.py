@@ -134,11 +134,17 @@ def over_seeds(varying: list[str], rows: list[dict[str, Any]]) -> tuple[list[str
         std = statistics.stdev(acc) if len(acc) > 1 else 0.0
         seeds = " ".join(sorted((j["overrides"]["seed"] for j in jobs), key=lambda v: (len(v), v)))
         totals = [j["train_seconds"] + (j.get("test_seconds") or 0.0) for j in jobs]
-        cells.append([
-            *(_short(v) for v in setting), seeds, f"{statistics.mean(acc):.2f} ± {std:.2f}", f"{min(acc):.2f}",
-            f"{max(acc):.2f}", f"{statistics.median(j['train_seconds'] for j in jobs):.2f}",
-            f"{statistics.median(totals):.2f}",
-        ])
+        cells.append(
+            [
+                *(_short(v) for v in setting),
+                seeds,
+                f"{statistics.mean(acc):.2f} ± {std:.2f}",
+                f"{min(acc):.2f}",
+                f"{max(acc):.2f}",
+                f"{statistics.median(j['train_seconds'] for j in jobs):.2f}",
+                f"{statistics.median(totals):.2f}",
+            ]
+        )
     return header, cells
 
 

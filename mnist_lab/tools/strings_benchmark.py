@@ -22,8 +22,8 @@ from scipy import ndimage
 
 from mnist_lab import CONF_DIR
 from mnist_lab.errors import ConfigError, user_errors
-from mnist_lab.inference.imageprep import ImageError, prepare
 from mnist_lab.files import write_json
+from mnist_lab.inference.imageprep import ImageError, prepare
 
 
 def render_number(digits: np.ndarray, rng: np.random.Generator, max_degrees: float = 10.0) -> tuple[np.ndarray, bool]:
@@ -169,8 +169,11 @@ def render_agreement(predictor, images: torch.Tensor, num: int, seed: int) -> di
     x = images[:, 0].numpy()[np.random.default_rng(seed).choice(len(images), num, replace=False)]
     original = predictor(x).argmax(1)
     out = {}
-    for name, size, resample in (("bilinear_100px", 100, Image.Resampling.BILINEAR), ("lanczos_57px", 57, Image.Resampling.LANCZOS),
-                                 ("nearest_100px", 100, Image.Resampling.NEAREST)):
+    for name, size, resample in (
+        ("bilinear_100px", 100, Image.Resampling.BILINEAR),
+        ("lanczos_57px", 57, Image.Resampling.LANCZOS),
+        ("nearest_100px", 100, Image.Resampling.NEAREST),
+    ):
         pages = [255 - np.asarray(Image.fromarray(d).resize((size, size), resample)) for d in x]
         prepared = np.stack([prepare(p.astype(np.float32) / 255)[0].image for p in pages])
         out[name] = float((predictor(prepared).argmax(1) == original).mean())
