@@ -93,7 +93,7 @@ class OptunaPruning(pl.Callback):
             prune = self.trial().should_prune()
         if trainer.strategy.broadcast(prune, src=0):
             trainer.should_stop = True
-            if trainer.is_global_zero:
+            if trainer.is_global_zero and value is not None:
                 self.record(trainer, float(value))
 
     def record(self, trainer: pl.Trainer, value: float) -> None:

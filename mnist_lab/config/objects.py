@@ -61,7 +61,9 @@ def build_and_check(cfg: DictConfig) -> Built:
     try:
         build(cfg.optimizer)(net.parameters())
     except Exception as e:
-        problems.append(Problem("optimizer", OmegaConf.to_container(cfg.optimizer), f"is rejected by the optimizer: {_cause(e)}"))
+        problems.append(
+            Problem("optimizer", OmegaConf.to_container(cfg.optimizer), f"is rejected by the optimizer: {_cause(e)}")
+        )
     strategy = None
     if isinstance(cfg.get("finetune"), DictConfig) and "_target_" in cfg.finetune:
         try:

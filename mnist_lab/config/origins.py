@@ -21,11 +21,13 @@ class Origins:
         saved_config: the run's saved config when the run is a resume, else None.
     """
 
-    def __init__(self, overrides: list[str], choices: dict[str, str | None] | None, saved_config: str | None = None) -> None:
+    def __init__(
+        self, overrides: list[str], choices: dict[str, str | None] | None, saved_config: str | None = None
+    ) -> None:
         self.overrides, self.choices, self.saved_config = overrides, choices or {}, saved_config
 
     @classmethod
-    def from_hydra(cls, overrides: list[str] | None, choices: dict[str, str | None] | None) -> "Origins":
+    def from_hydra(cls, overrides: list[str] | None, choices: dict[str, str | None] | None) -> Origins:
         from hydra.core.hydra_config import HydraConfig
 
         from mnist_lab.rundir import saved_config_of_resumed_run
@@ -90,4 +92,3 @@ def _has_path(yaml_file: Path, path: str) -> bool:
             return False
         node = node[part]
     return True
-

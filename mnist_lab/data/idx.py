@@ -114,11 +114,28 @@ class IDXSource:
         return found
 
     def _download(self) -> list[Path] | None:
-        module_name, _, class_name = self.download.rpartition(".")
+        module_name, _, class_name = str(self.download).rpartition(".")
         dataset_class = getattr(importlib.import_module(module_name), class_name)
         dataset_class(root=str(self.root), train=True, download=True)
         dataset_class(root=str(self.root), train=False, download=True)
         return self._find(self.root / class_name / "raw")
+
+    def train_count(self) -> int | None:
+        """The number of training images, from the 8-byte header of the train-images file; None when
+        the file is missing or unreadable (load() then says why)."""
+        files = self._find(self.root)
+        if files is None and self.download:  # an earlier download, where load() looks for it
+            files = self._find(self.root / self.download.rpartition(".")[2] / "raw")
+        if files is None:
+            return None
+        try:
+            with (gzip.open if files[0].suffix == ".gz" else open)(files[0], "rb") as f:
+                head = f.read(8)  # magic (00 00, type, rank), then the first dimension: the count
+        except (OSError, EOFError, zlib.error):
+            return None
+        if len(head) < 8 or head[:2] != b"\0\0" or head[2] not in _IDX_TYPES or head[3] == 0:
+            return None
+        return struct.unpack(">I", head[4:8])[0]
 
     def load(self) -> Splits:
         files = self._find(self.root)

@@ -9,9 +9,10 @@ dataset class: local files first, then a download; a new torchvision dataset is 
 from __future__ import annotations
 
 import importlib
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -33,6 +34,9 @@ class Splits:
 
 
 class Source(Protocol):
+    """Loads the raw splits. A source may also have `train_count() -> int | None`: the training
+    split's size (before data.val_size is held out) without loading it, for the config check."""
+
     def load(self) -> Splits: ...
 
 
