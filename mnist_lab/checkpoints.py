@@ -203,7 +203,7 @@ def resume_mismatch(path: str | Path, net: nn.Module) -> str | None:
     try:
         checkpoint = load_file(path, "ckpt_path")
     except CheckpointError as e:
-        return str(e).split(" ", 1)[1]  # without the leading `ckpt_path=<path>`: the caller names it
+        return str(e).removeprefix(f"ckpt_path={Path(path).expanduser()} ")  # the caller names key and path
     if (
         not isinstance(checkpoint, dict)
         or not isinstance(checkpoint.get("state_dict"), dict)

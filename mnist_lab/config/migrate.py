@@ -6,7 +6,9 @@ since is found through RENAMED, so an old run still evaluates, predicts and resu
 
 from __future__ import annotations
 
-from omegaconf import DictConfig, ListConfig, open_dict
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
 
 # old import path -> new import path
 RENAMED = {
@@ -17,23 +19,17 @@ RENAMED = {
 
 
 def migrate(cfg: DictConfig) -> DictConfig:
-    """Rename every moved `_target_` in `cfg` in place; return it."""
-    for node in _nodes(cfg):
-        target = node._get_node("_target_") if "_target_" in node else None
-        if target is not None and not target._is_interpolation() and node._target_ in RENAMED:
-            with open_dict(node):
-                node._target_ = RENAMED[node._target_]
+    """Rename every moved `_target_` in `cfg` in place (interpolations left alone); return it."""
+    for path in _moved_targets(OmegaConf.to_container(cfg, resolve=False)):
+        OmegaConf.update(cfg, path, RENAMED[OmegaConf.select(cfg, path)], force_add=True)
     return cfg
 
 
-def _nodes(node):
-    if isinstance(node, DictConfig):
-        yield node
-        for key in node.keys():
-            child = node._get_node(key)
-            if isinstance(child, (DictConfig, ListConfig)):
-                yield from _nodes(child)
-    elif isinstance(node, ListConfig):
-        for child in node._iter_ex(resolve=False) if hasattr(node, "_iter_ex") else node:
-            if isinstance(child, (DictConfig, ListConfig)):
-                yield from _nodes(child)
+def _moved_targets(node: Any, prefix: str = "") -> list[str]:
+    """Dotted paths of the `_target_` keys below `node` (plain containers) that name a moved class."""
+    if isinstance(node, dict):
+        found = [f"{prefix}_target_"] if node.get("_target_") in RENAMED else []
+        return found + [p for k, v in node.items() for p in _moved_targets(v, f"{prefix}{k}.")]
+    if isinstance(node, list):
+        return [p for i, v in enumerate(node) for p in _moved_targets(v, f"{prefix}[{i}].".replace(".[", "["))]
+    return []
