@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 from typing import Any
@@ -19,12 +20,15 @@ from mnist_lab.config import Origins, build, validate
 from mnist_lab.config.migrate import migrate
 from mnist_lab.errors import NonFiniteLossError, UserError
 from mnist_lab.files import write_json
+from mnist_lab.pretrained import card_path, describe_start, is_mnist
 from mnist_lab.records import environment_record, log_hparams
 from mnist_lab.rundir import check_output_dir
 
 # metrics.json fields that differ between two runs of the same config and seed: wall-clock
 # times, and the best checkpoint's path (it lies in the run's own directory). Every other
 # field is bit-identical on one machine (tests/test_reliability.py checks it).
+log = logging.getLogger(__name__)
+
 NOT_REPRODUCIBLE = ("train_seconds", "test_seconds", "epoch_seconds", "val_seconds", "best_checkpoint")
 
 
@@ -45,6 +49,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     datamodule = setup_data(cfg)  # reads the files: bad files and labels_per_class fail here
     if finetune is not None and finetune.checkpoint and cfg.get("ckpt_path") is None:
         load_pretrained(net, finetune.checkpoint)
+        log.info(describe_start(finetune.checkpoint))
+        if card_path(Path(finetune.checkpoint)).is_file() and is_mnist(cfg.data):
+            log.info("Fine-tune: the target is MNIST itself, the data these weights were pretrained on.")
     module = Classifier(
         net=net,
         optimizer=instantiate(cfg.optimizer),

@@ -19,6 +19,7 @@ from torch import nn
 
 from mnist_lab.checkpoints import resume_mismatch
 from mnist_lab.errors import UserError
+from mnist_lab.pretrained import BUNDLED, bundled_for, no_bundled_reason
 
 
 class Problem(typing.NamedTuple):
@@ -70,6 +71,12 @@ def build_and_check(cfg: DictConfig) -> Built:
             strategy = build(cfg.finetune)
             if hasattr(strategy, "bind"):
                 strategy.bind(net)  # its group names against the model's group_names
+            if getattr(strategy, "checkpoint", None) == BUNDLED:  # the bundled weights of this model
+                found = bundled_for(cfg.model)
+                if found is None:
+                    problems.append(Problem("finetune.checkpoint", BUNDLED, no_bundled_reason(cfg.model)))
+                else:
+                    strategy.checkpoint = str(found[0])
         except Exception as e:
             problems.append(Problem("finetune", cfg.finetune._target_, f"does not fit the model: {_cause(e)}"))
     ckpt = cfg.get("ckpt_path")

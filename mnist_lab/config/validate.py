@@ -36,6 +36,7 @@ from mnist_lab.config.objects import Built, Problem, build_and_check
 from mnist_lab.config.origins import Origins
 from mnist_lab.config.rules import PATH_KEYS, RULES, is_int
 from mnist_lab.errors import ConfigError
+from mnist_lab.pretrained import BUNDLED
 
 # Keys that steer hydra.utils.instantiate instead of being passed to the target.
 INSTANTIATE_KEYS = {"_target_", "_partial_", "_recursive_", "_convert_", "_args_"}
@@ -79,7 +80,11 @@ def check_keys_types_ranges(cfg: DictConfig) -> list[Problem]:
                     good = False
                 if not good:
                     problems.append(Problem(path, value, f"is out of range: allowed is {allowed}"))
-        if any(fnmatch(path, pattern) for pattern in PATH_KEYS) and isinstance(value, str) and value:
+        if (
+            any(fnmatch(path, pattern) for pattern in PATH_KEYS)
+            and isinstance(value, str)
+            and value not in ("", BUNDLED)
+        ):
             if not Path(value).expanduser().exists():
                 problems.append(
                     Problem(
