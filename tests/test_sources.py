@@ -122,7 +122,7 @@ def test_idx_datasets_read_torchvision_cache(tmp_path, name, folder):
         x, y = digit_images(n, seed=n), np.arange(n, dtype=np.uint8) % 10
         (raw / f"{split}-images-idx3-ubyte.gz").write_bytes(gzip.compress(idx_bytes(x)))
         (raw / f"{split}-labels-idx1-ubyte.gz").write_bytes(gzip.compress(idx_bytes(y)))
-    s = load_data(name, tmp_path)
+    s = load_data(f"{name}_download", tmp_path)
     assert s.train_x.shape == (10, 1, 28, 28) and s.test_x.shape == (6, 1, 28, 28)
     assert torch.equal(s.test_x[:, 0], torch.from_numpy(digit_images(6, seed=6)))
     assert s.test_y.tolist() == [0, 1, 2, 3, 4, 5]
@@ -138,7 +138,7 @@ def test_emnist_is_transposed_back_and_labels_start_at_zero(tmp_path, split, off
     for part in ("train", "test"):
         (raw / f"emnist-{split}-{part}-images-idx3-ubyte").write_bytes(idx_bytes(stored))
         (raw / f"emnist-{split}-{part}-labels-idx1-ubyte").write_bytes(idx_bytes(labels))
-    s = load_data(f"emnist_{split}", tmp_path)
+    s = load_data(f"emnist_{split}_download", tmp_path)
     assert torch.equal(s.test_x[:, 0], torch.from_numpy(digit_images(30, seed=1)))  # bars vertical again
     assert s.test_y.tolist() == (np.arange(30) % num_classes).tolist()
 
@@ -155,7 +155,7 @@ def test_usps_from_libsvm_bz2(tmp_path):
             for i, img in enumerate(images)
         ]
         (root / name).write_bytes(bz2.compress(("\n".join(lines) + "\n").encode()))
-    s = load_data("usps", tmp_path)
+    s = load_data("usps_download", tmp_path)
     assert s.test_x.shape == (8, 1, 28, 28) and s.test_y.tolist() == list(range(8))
     x = s.test_x.float()
     assert x[:, :, :4].max() == 0 and x[:, :, -4:].max() == 0  # 20x20 box, dark margin
@@ -178,7 +178,7 @@ def test_svhn_from_mat(tmp_path, monkeypatch):
     y = np.array([[10], [1], [2], [3], [4], [5], [6], [7], [8], [9]], np.uint8)
     for name in ("train_32x32.mat", "test_32x32.mat"):
         scipy.io.savemat(root / name, {"X": X, "y": y})
-    s = load_data("svhn", tmp_path)
+    s = load_data("svhn_download", tmp_path)
     assert s.test_x.shape == (10, 1, 28, 28) and s.test_y.tolist() == list(range(10))
     assert (s.test_x.float().flatten(1).mean(1) < 80).all()  # all white on black after polarity auto
     expected = to_mnist_form(torch.from_numpy(grey).unsqueeze(1))

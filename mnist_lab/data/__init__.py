@@ -1,8 +1,8 @@
 """Datasets in memory as uint8 tensors, batched by indexing, normalised per batch on the device.
 
-A dataset is a *source* (anything with `load() -> Splits`: sources.py, idx.py) plus the one
-DataModule (datamodule.py) that splits, subsets and batches it (batches.py), augments
-(augment.py) and normalises (pixels.py) on the device. Other digit images are first brought
+A dataset is a *source* (anything with `load() -> Splits`: sources.py, idx.py, text_digits.py)
+plus the one DataModule (datamodule.py) that splits, subsets and batches it (batches.py),
+augments (augment.py) and normalises (pixels.py) on the device. Other digit images are first brought
 into MNIST's form (mnist_form.py). A new dataset is a YAML file in conf/data/.
 
 The names below are imported on first use, so that `mnist_lab.data.pixels` (used by the
@@ -21,8 +21,11 @@ _HOMES = {
     "read_idx": "idx",
     "Splits": "sources",
     "Source": "sources",
+    "HeldOutTestSource": "sources",
     "UCIDigitsSource": "sources",
     "TorchvisionSource": "sources",
+    "SemeionSource": "text_digits",
+    "USPSTextSource": "text_digits",
     "to_mnist_form": "mnist_form",
     "stratified_split": "mnist_form",
     "normalize": "pixels",

@@ -1,9 +1,10 @@
 """Dataset sources: anything with `load() -> Splits`, the raw splits that DigitsDataModule prepares.
 
-`IDXSource` (mnist_lab/data/idx.py) reads MNIST's own files. `UCIDigitsSource` reads the 8x8
-UCI digits that scikit-learn ships (offline). `TorchvisionSource` takes any torchvision
-dataset class: local files first, then a download; a new torchvision dataset is a YAML file
-(see conf/data/usps.yaml).
+`IDXSource` (mnist_lab/data/idx.py) reads MNIST's own files. Sets without an official split
+extend `HeldOutTestSource`: `UCIDigitsSource` (the 8x8 UCI digits that scikit-learn ships),
+and the text files that the repository bundles (mnist_lab/data/text_digits.py: Semeion,
+USPS). `TorchvisionSource` takes any torchvision dataset class: local files first, then a
+download; a new torchvision dataset is a YAML file (see conf/data/usps_download.yaml).
 """
 
 from __future__ import annotations
@@ -40,10 +41,11 @@ class Source(Protocol):
     def load(self) -> Splits: ...
 
 
-class UCIDigitsSource:
-    """The 1,797 UCI optical-recognition digits (8x8, 0..16) that scikit-learn ships, as MNIST.
+class HeldOutTestSource:
+    """A set without an official split, in MNIST's form, with a fixed stratified test split held out.
 
-    Each 8x8 image (ink high, like MNIST) is scaled into a 20x20 box in the 28x28 frame and
+    Subclasses give `images()`: every image as float (N, 1, H, W) in [0, 1], ink high (as in
+    MNIST), and int64 labels. Each is scaled into a box x box square in the 28x28 frame and
     shifted so its centre of mass is at the centre, as MNIST was made.
 
     Args:
@@ -58,15 +60,29 @@ class UCIDigitsSource:
             raise ConfigError(f"data.source.test_fraction={test_fraction}: it must be between 0 and 1.")
         self.test_fraction, self.split_seed, self.box = test_fraction, split_seed, box
 
+    def images(self) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
     def load(self) -> Splits:
+        images, labels = self.images()
+        x = to_mnist_form(images, box=self.box, center=True, polarity="keep")  # (N, 1, 28, 28) uint8
+        train, test = stratified_split(labels, self.test_fraction, self.split_seed)
+        return Splits(x[train], labels[train], x[test], labels[test])
+
+
+class UCIDigitsSource(HeldOutTestSource):
+    """The 1,797 UCI optical-recognition digits (8x8, 0..16) that scikit-learn ships, as MNIST.
+
+    Args:
+        test_fraction, split_seed, box: see HeldOutTestSource.
+    """
+
+    def images(self) -> tuple[torch.Tensor, torch.Tensor]:
         from sklearn.datasets import load_digits  # ships the data file: no download
 
         digits = load_digits()
         images = torch.as_tensor(digits.images, dtype=torch.float32).unsqueeze(1) / 16  # (1797, 1, 8, 8) in [0, 1]
-        labels = torch.as_tensor(digits.target, dtype=torch.int64)
-        x = to_mnist_form(images, box=self.box, center=True)  # (1797, 1, 28, 28) uint8
-        train, test = stratified_split(labels, self.test_fraction, self.split_seed)
-        return Splits(x[train], labels[train], x[test], labels[test])
+        return images, torch.as_tensor(digits.target, dtype=torch.int64)
 
 
 class TorchvisionSource:
