@@ -259,14 +259,20 @@ def load_net(path: str | Path) -> tuple[nn.Module, DictConfig]:
     """Rebuild a run's network with its trained weights, in eval mode on the CPU; return it and its config.
 
     Args:
-        path: a checkpoint file, or a run directory (its best checkpoint is used).
+        path: a checkpoint file, a run directory (its best checkpoint is used), or a weights
+            file with a card beside it (the bundled weights, mnist_lab/pretrained.py).
     """
     from hydra.utils import instantiate
 
+    from mnist_lab.pretrained import bundled_config, card_path
+
     path = find_checkpoint(path)
-    checkpoint = read_checkpoint(path)
-    state = net_state_dict(checkpoint, path)
-    cfg = run_config(path, checkpoint)
+    if card_path(path).is_file():  # a state_dict whose card holds its model and data config
+        state, cfg = read_state_dict(path, "ckpt_path"), bundled_config(path)
+    else:
+        checkpoint = read_checkpoint(path)
+        state = net_state_dict(checkpoint, path)
+        cfg = run_config(path, checkpoint)
     try:
         net: nn.Module = instantiate(cfg.model)
     except Exception as e:  # a stale _target_ or argument: the config no longer matches the code

@@ -1,6 +1,6 @@
 """MNIST-pretrained weights that ship with the repository, one per model of conf/model at its defaults.
 
-`pretrained/mnist_<model>.pt` is a plain state_dict; `pretrained/mnist_<model>.json` beside it
+`pretrained/mnist_<model>.pt` is a plain state_dict; `pretrained/mnist_<model>.card.json` beside it
 is its card: the model config it fits, the command and commit that produced it, its MNIST
 validation and test accuracy, the date, the machine and the file's sha256. `mnist-lab
 pretrain` regenerates them all (mnist_lab/tools/pretrain.py). A fine-tune strategy with
@@ -29,7 +29,8 @@ def weights_path(model: str) -> Path:
 
 
 def card_path(weights: Path) -> Path:
-    return weights.with_suffix(".json")
+    # .card.json: ExportWeights already writes a plain .json (the run it came from) beside weights.
+    return weights.with_suffix(".card.json")
 
 
 def sha256(path: Path) -> str:
@@ -47,10 +48,11 @@ def _comparable(model: dict[str, Any]) -> dict[str, Any]:
 def bundled_for(model_cfg: DictConfig) -> tuple[Path, dict[str, Any]] | None:
     """The bundled weights whose card's model config equals `model_cfg` (but for num_classes), and the card."""
     wanted = _comparable(OmegaConf.to_container(model_cfg, resolve=True))  # type: ignore[arg-type]
-    for card_file in sorted(PRETRAINED_DIR.glob("mnist_*.json")):
-        card = json.loads(card_file.read_text())
-        if _comparable(card["model"]) == wanted:
-            return card_file.with_suffix(".pt"), card
+    for model in MODELS:
+        weights = weights_path(model)
+        card = read_card(weights) if card_path(weights).is_file() else None
+        if card is not None and _comparable(card["model"]) == wanted:
+            return weights, card
     return None
 
 
@@ -58,7 +60,7 @@ def no_bundled_reason(model_cfg: DictConfig) -> str:
     """Why `bundled` does not apply to `model_cfg`, and how to produce and pass weights for it."""
     wanted = _comparable(OmegaConf.to_container(model_cfg, resolve=True))  # type: ignore[arg-type]
     settings = ", ".join(f"{k}={v}" for k, v in wanted.items() if k != "_target_")
-    have = ", ".join(c.stem for c in sorted(PRETRAINED_DIR.glob("mnist_*.json"))) or "none"
+    have = ", ".join(m for m in MODELS if card_path(weights_path(m)).is_file()) or "none"
     return (
         f"asks for the bundled MNIST weights, but none fit this model configuration ({wanted.get('_target_')} with "
         f"{settings}): pretrained/ holds weights for the models of conf/model at their default settings only "
@@ -67,6 +69,12 @@ def no_bundled_reason(model_cfg: DictConfig) -> str:
         "callbacks.export_weights.path=<file> names another) and pass finetune.checkpoint=<that file>, or use "
         "finetune=none to train from the initial weights"
     )
+
+
+def bundled_config(weights: Path) -> DictConfig:
+    """The `model` and `data` config of bundled weights, from their card (data: what they were trained on)."""
+    card = read_card(weights)
+    return OmegaConf.create({"model": card["model"], "data": card["data"]})
 
 
 def describe_start(checkpoint: str) -> str:

@@ -392,8 +392,10 @@ def test_transfer_table_from_job_directories(tmp_path, capsys):
     job(2, "none", None, 10, 0, 0.50)
     job(3, "none", None, None, 0, 0.97)
     job(4, "full", "w.pt", 10, 0, None)  # failed: no metrics.json
-    assert main([str(tmp_path / "sweep")]) == 1  # a job did not finish
+    assert main([str(tmp_path / "sweep"), "--figure", str(tmp_path / "study.png")]) == 1  # a job did not finish
     out = capsys.readouterr().out
-    assert "| freeze_conv | 91.0 ± 1.4 (10.0) n=2 | - |" in out  # mean ± sample std of 90 and 92
-    assert "| scratch | 50.0 ± 0.0 (10.0) n=1 | 97.0 ± 0.0 (10.0) n=1 |" in out  # no checkpoint: scratch
+    # mean ± sample std of 90 and 92; the best mean of each column in bold
+    assert "| freeze_conv | **91.0 ± 1.4** (10.0) n=2 | - |" in out
+    assert "| scratch | 50.0 ± 0.0 (10.0) n=1 | **97.0 ± 0.0** (10.0) n=1 |" in out  # no checkpoint: scratch
+    assert (tmp_path / "study.png").read_bytes()[:4] == b"\x89PNG"
     assert "sweep/4: full, labels_per_class=10: no metrics.json" in out

@@ -18,6 +18,7 @@ import torch
 
 from mnist_lab.data.pixels import normalize
 from mnist_lab.errors import UserError
+from mnist_lab.pretrained import card_path
 
 # Metadata keys that `mnist_lab.export` stores in exported files (how inputs are normalised).
 META_MEAN, META_STD = "mnist_lab.mean", "mnist_lab.std"
@@ -42,7 +43,7 @@ class Predictor:
         self.net: Any = None  # a torch module (eager or TorchScript)
         if self.path.suffix == ".onnx":
             self._load_onnx()
-        elif self.path.suffix in (".pt", ".ts"):
+        elif self.path.suffix in (".pt", ".ts") and not card_path(self.path).is_file():  # no card: TorchScript
             self._load_torchscript()
         else:
             from mnist_lab.checkpoints import load_net  # imported here: the ONNX path needs no Hydra

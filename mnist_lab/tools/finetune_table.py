@@ -1,87 +1,196 @@
-"""`python -m mnist_lab finetune_table DIR...`: a transfer study's table from its multirun directories.
+"""`mnist-lab finetune_table DIR... [--figure PNG] [--zero-shot]`: a transfer study's tables and figure.
 
-One row per strategy (runs without finetune.checkpoint count as `scratch`), one column per
-labels_per_class; each cell is the mean +- standard deviation of test accuracy over the
-seeds, and the mean training time. Prints Markdown; failed or unfinished jobs are listed.
+One table per target dataset (the `data` choice of the jobs): one row per strategy (runs
+without finetune.checkpoint count as `scratch`), one column per labels_per_class; each cell
+is the mean ± sample standard deviation of test accuracy over the seeds, the mean training
+seconds and the number of runs, the best mean of each column in bold. `--zero-shot` adds the
+row of the starting weights evaluated on each target's test split as they are (inference
+only: the domain-shift baseline). `--figure` writes test accuracy against labels per class,
+one line per strategy, one panel per target. Failed or unfinished jobs are listed; the exit
+status is 1 when there are any.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import statistics
 import sys
 from collections import defaultdict
 from pathlib import Path
+from typing import Any
 
 from omegaconf import OmegaConf
 
+ZERO_SHOT = "zero-shot"
+
 
 def read_jobs(sweep_dirs: list[Path]) -> tuple[list[dict], list[str]]:
-    """Every job under the sweep directories: its strategy, labels per class, seed and metrics."""
+    """Every job under the sweep directories: target, strategy, labels per class, seed, metrics."""
     jobs, problems = [], []
     for sweep in sweep_dirs:
         for job in sorted(p.parent.parent for p in sweep.glob("*/.hydra/config.yaml")):
             cfg = OmegaConf.load(job / ".hydra" / "config.yaml")
             choices = OmegaConf.load(job / ".hydra" / "hydra.yaml").hydra.runtime.choices
             strategy = choices.finetune if cfg.finetune.checkpoint else "scratch"
+            labels = "all" if cfg.data.labels_per_class is None else int(cfg.data.labels_per_class)
             if not (job / "metrics.json").exists():
-                error = (
-                    (job / "error.txt").read_text().split("\n")[0]
-                    if (job / "error.txt").exists()
-                    else "no metrics.json"
-                )
+                error_file = job / "error.txt"
+                error = error_file.read_text().split("\n")[0] if error_file.exists() else "no metrics.json"
                 problems.append(f"{job}: {strategy}, labels_per_class={cfg.data.labels_per_class}: {error}")
                 continue
             metrics = json.loads((job / "metrics.json").read_text())
             jobs.append(
                 {
+                    "job": job,
+                    "target": choices.get("data", "data"),
                     "strategy": strategy,
-                    "labels": "all" if cfg.data.labels_per_class is None else int(cfg.data.labels_per_class),
+                    "labels": labels,
                     "seed": cfg.seed,
                     "acc": metrics["test/acc"],
                     "seconds": metrics["train_seconds"],
+                    "unfreezes": _plateau_events(job),
                 }
             )
     return jobs, problems
 
 
+def _plateau_events(job: Path) -> dict[int, str]:
+    """The plateau-driven unfreezes recorded in the job's last checkpoint ({} when none fired)."""
+    last = job / "checkpoints" / "last.ckpt"
+    if not last.is_file():
+        return {}
+    import torch
+
+    state = torch.load(last, map_location="cpu", weights_only=True).get("finetune") or {}
+    return {int(e): g for e, g in state.get("plateau_events", {}).items()}
+
+
+def zero_shot(jobs: list[dict]) -> list[dict]:
+    """One row per target: the starting weights of its fine-tuned jobs on its test split, as they are."""
+    from hydra.utils import instantiate
+
+    from mnist_lab.checkpoints import load_net
+    from mnist_lab.inference.predictor import probabilities
+
+    rows = []
+    for target in sorted({j["target"] for j in jobs}):
+        tuned = next((j for j in jobs if j["target"] == target and j["strategy"] != "scratch"), None)
+        if tuned is None:
+            continue
+        saved = OmegaConf.load(tuned["job"] / ".hydra" / "config.yaml")
+        net, _ = load_net(saved.finetune.checkpoint)
+        data = OmegaConf.create(OmegaConf.to_container(saved.data, resolve=True))
+        datamodule = instantiate(data)
+        datamodule.setup("test")
+        x, y = datamodule.splits.test_x, datamodule.splits.test_y
+        acc = float((probabilities(net, x, datamodule.mean, datamodule.std, 1000).argmax(1) == y).float().mean())
+        columns = {j["labels"] for j in jobs if j["target"] == target}
+        rows += [{"target": target, "strategy": ZERO_SHOT, "labels": c, "acc": acc, "seconds": 0.0} for c in columns]
+    return rows
+
+
+def _columns(jobs: list[dict]) -> list[Any]:
+    return sorted({j["labels"] for j in jobs}, key=lambda v: (v == "all", v if v != "all" else 0))
+
+
 def table(jobs: list[dict]) -> str:
-    """Markdown: strategies (best mean accuracy over all columns first) x labels per class."""
-    cells = defaultdict(list)
-    for j in jobs:
-        cells[j["strategy"], j["labels"]].append(j)
-    columns = sorted({j["labels"] for j in jobs}, key=lambda v: (v == "all", v if v != "all" else 0))
-    strategies = sorted({j["strategy"] for j in jobs})
-    mean_acc = {s: statistics.mean(j["acc"] for j in jobs if j["strategy"] == s) for s in strategies}
-    strategies.sort(key=lambda s: -mean_acc[s])
-    head = "| strategy | " + " | ".join(f"{c} labels/class: test acc % (train s)" for c in columns) + " |"
-    lines = [head, "|---|" + "---|" * len(columns)]
-    for s in strategies:
-        row = []
-        for c in columns:
-            runs = cells.get((s, c), [])
-            if not runs:
-                row.append("-")
-                continue
-            accs = [100 * r["acc"] for r in runs]
-            sd = statistics.stdev(accs) if len(accs) > 1 else 0.0
-            row.append(
-                f"{statistics.mean(accs):.1f} ± {sd:.1f} ({statistics.mean(r['seconds'] for r in runs):.1f}) n={len(runs)}"
-            )
-        lines.append(f"| {s} | " + " | ".join(row) + " |")
-    return "\n".join(lines)
+    """Markdown, one table per target: strategies (best mean accuracy first) x labels per class."""
+    sections = []
+    for target in sorted({j["target"] for j in jobs}):
+        mine = [j for j in jobs if j["target"] == target]
+        cells: dict[tuple[str, Any], list[dict]] = defaultdict(list)
+        for j in mine:
+            cells[j["strategy"], j["labels"]].append(j)
+        columns = _columns(mine)
+        strategies = sorted({j["strategy"] for j in mine})
+        mean_acc = {s: statistics.mean(j["acc"] for j in mine if j["strategy"] == s) for s in strategies}
+        strategies.sort(key=lambda s: -mean_acc[s])
+        best = {
+            c: max(statistics.mean(r["acc"] for r in cells[s, c]) for s in strategies if cells[s, c]) for c in columns
+        }
+        head = "| strategy | " + " | ".join(f"{c} labels/class: test acc % (train s)" for c in columns) + " |"
+        lines = [f"### {target}", "", head, "|---|" + "---|" * len(columns)]
+        for s in strategies:
+            row = []
+            for c in columns:
+                runs = cells.get((s, c), [])
+                if not runs:
+                    row.append("-")
+                    continue
+                accs = [100 * r["acc"] for r in runs]
+                sd = statistics.stdev(accs) if len(accs) > 1 else 0.0
+                mean = f"{statistics.mean(accs):.1f} ± {sd:.1f}"
+                if statistics.mean(r["acc"] for r in runs) == best[c] and s != ZERO_SHOT:
+                    mean = f"**{mean}**"
+                row.append(f"{mean} ({statistics.mean(r['seconds'] for r in runs):.1f}) n={len(runs)}")
+            lines.append(f"| {s} | " + " | ".join(row) + " |")
+        sections.append("\n".join(lines))
+    return "\n\n".join(sections)
+
+
+def plateau_report(jobs: list[dict]) -> str:
+    """When the plateau rule unfroze groups: per target and labels, the runs it fired in and their events."""
+    lines = []
+    for j in sorted(
+        (j for j in jobs if j["strategy"] == "unfreeze_on_plateau"),
+        key=lambda j: (j["target"], str(j["labels"]), j["seed"]),
+    ):
+        events = ", ".join(f"{g} at epoch {e}" for e, g in sorted(j["unfreezes"].items())) or "never fired"
+        lines.append(f"- {j['target']}, {j['labels']} labels/class, seed {j['seed']}: {events}")
+    return "unfreeze_on_plateau events:\n" + "\n".join(lines) if lines else ""
+
+
+def figure(jobs: list[dict], path: Path) -> None:
+    """Test accuracy against labels per class: one line per strategy (mean ± std), one panel per target."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    targets = sorted({j["target"] for j in jobs})
+    fig, axes = plt.subplots(1, len(targets), figsize=(4.2 * len(targets), 3.8), squeeze=False, sharey=False)
+    for ax, target in zip(axes[0], targets):
+        mine = [j for j in jobs if j["target"] == target]
+        columns = _columns(mine)
+        for s in sorted({j["strategy"] for j in mine}):
+            means, sds = [], []
+            for c in columns:
+                accs = [100 * j["acc"] for j in mine if j["strategy"] == s and j["labels"] == c]
+                means.append(statistics.mean(accs) if accs else float("nan"))
+                sds.append(statistics.stdev(accs) if len(accs) > 1 else 0.0)
+            style = {"linestyle": "--", "color": "black"} if s == ZERO_SHOT else {"marker": "o"}
+            ax.errorbar(range(len(columns)), means, yerr=sds, label=s, capsize=3, **style)
+        ax.set(
+            title=target, xticks=range(len(columns)), xticklabels=[str(c) for c in columns], xlabel="labels per class"
+        )
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("test accuracy %")
+    axes[0][-1].legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if not argv:
-        print(__doc__.strip(), file=sys.stderr)
-        return 2
-    jobs, problems = read_jobs([Path(a) for a in argv])
+    parser = argparse.ArgumentParser(prog="mnist-lab finetune_table", description=__doc__.splitlines()[0])
+    parser.add_argument("sweep_dirs", nargs="+", type=Path, help="multirun directories of the study")
+    parser.add_argument("--figure", type=Path, default=None, help="also write the figure here (PNG)")
+    parser.add_argument("--zero-shot", action="store_true", help="add the starting weights' own accuracy")
+    args = parser.parse_args(argv)
+    jobs, problems = read_jobs(args.sweep_dirs)
     if not jobs:
-        print(f"No finished jobs under {', '.join(argv)}.", file=sys.stderr)
+        print(f"No finished jobs under {', '.join(map(str, args.sweep_dirs))}.", file=sys.stderr)
         return 1
-    print(table(jobs))
+    rows = jobs + (zero_shot(jobs) if args.zero_shot else [])
+    print(table(rows))
+    report = plateau_report(jobs)
+    if report:
+        print("\n" + report)
+    if args.figure is not None:
+        figure(rows, args.figure)
+        print(f"\nfigure: {args.figure}")
     for p in problems:
         print(f"not finished: {p}")
     return 1 if problems else 0

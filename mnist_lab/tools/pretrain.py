@@ -2,7 +2,7 @@
 
 Each model of conf/model is trained at its default settings with experiment=pretrain_mnist
 (a training run of its own under runs/pretrain/), its best weights exported to
-pretrained/mnist_<model>.pt, and the card pretrained/mnist_<model>.json written beside them:
+pretrained/mnist_<model>.pt, and the card pretrained/mnist_<model>.card.json written beside them:
 the model config, the command, the commit, the MNIST validation and test accuracy (the test
 accuracy measured by inference on the saved file, as tests/test_pretrained.py checks it),
 the date, the machine and the sha256.
@@ -15,8 +15,10 @@ import json
 import subprocess
 import sys
 from datetime import datetime, timezone
+from pathlib import Path
+from typing import cast
 
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from mnist_lab import ROOT_DIR
 from mnist_lab.files import write_json
@@ -25,25 +27,37 @@ from mnist_lab.pretrained import MODELS, PRETRAINED_DIR, card_path, mnist_test_a
 
 def pretrain(model: str, stamp: str) -> dict:
     """Train `model` on MNIST, export its best weights to pretrained/, write and return its card."""
+    run_dir = ROOT_DIR / "runs" / "pretrain" / stamp / model
+    weights = weights_path(model)
+    command = [  # paths relative to the repository (the card holds no machine's path)
+        "mnist-lab", "experiment=pretrain_mnist", f"model={model}", f"hydra.run.dir={run_dir.relative_to(ROOT_DIR)}",
+        f"callbacks.export_weights.path={weights.relative_to(ROOT_DIR)}", "callbacks.export_weights.overwrite=true",
+    ]  # fmt: skip
+    subprocess.run([sys.executable, "-m", "mnist_lab", *command[1:]], check=True, cwd=ROOT_DIR)
+    return write_card(model, run_dir, " ".join(command))
+
+
+def write_card(model: str, run_dir: Path, command: str) -> dict:
+    """The card of pretrained/mnist_<model>.pt, exported by the training run in `run_dir`."""
     import torch
     from hydra.utils import instantiate
 
-    run_dir = ROOT_DIR / "runs" / "pretrain" / stamp / model
     weights = weights_path(model)
-    command = [
-        "mnist-lab", "experiment=pretrain_mnist", f"model={model}", f"hydra.run.dir={run_dir}",
-        f"callbacks.export_weights.path={weights}", "callbacks.export_weights.overwrite=true",
-    ]  # fmt: skip
-    subprocess.run([sys.executable, "-m", "mnist_lab", *command[1:]], check=True)
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    saved = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
-    model_cfg = OmegaConf.to_container(OmegaConf.create({"m": saved.model, "data": saved.data}), resolve=True)["m"]  # type: ignore[index]
+    saved = cast(DictConfig, OmegaConf.load(run_dir / ".hydra" / "config.yaml"))
+    resolved = {k: OmegaConf.to_container(saved[k], resolve=True) for k in ("model", "data")}
+    model_cfg = resolved["model"]
+    # The data config, for evaluating the weights on what they were trained on; the repository's
+    # own path becomes the root resolver again, so the card holds no machine's path.
+    data_cfg = json.loads(json.dumps(resolved["data"]).replace(str(ROOT_DIR), "${mnist_lab_root:}"))
+    data_cfg["augment"] = None  # training-time only
     net = instantiate(model_cfg)
     net.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
     environment = json.loads((run_dir / "environment.json").read_text())
     card = {
         "model": model_cfg,
-        "command": " ".join(command),
+        "data": data_cfg,
+        "command": command,
         "regenerate": "mnist-lab pretrain",
         "commit": environment.get("git_commit"),
         "dirty": environment.get("git_dirty"),
@@ -58,6 +72,7 @@ def pretrain(model: str, stamp: str) -> dict:
         "sha256": sha256(weights),
     }
     write_json(card_path(weights), card)
+    weights.with_suffix(".json").unlink(missing_ok=True)  # ExportWeights' note of its origin: the card says more
     print(f"{weights.relative_to(ROOT_DIR)}: MNIST val {card['val_acc']:.2%}, test {card['test_acc']:.2%}")
     return card
 
