@@ -13,6 +13,8 @@ import csv
 import io
 import json
 import sys
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -42,26 +44,26 @@ def collect_inputs(inputs: str | list[str]) -> list[Path]:
     return files
 
 
-def read_files(files: list[Path], predictor: Predictor, split: bool = True) -> list[dict[str, Any]]:
-    """Prepare and classify every file; one record per file, with `error` set for those that failed.
+def image_record(name: str, read: Callable[[], np.ndarray], split: bool = True) -> dict[str, Any]:
+    """One image's record with its digits prepared (not yet classified), or with `error` set.
 
     Args:
-        files: the images.
-        predictor: the model.
-        split: cut each image into digits; False reads all its ink as one digit.
+        name: the file (or upload) the record and its errors name.
+        read: returns the image's (H, W) grey levels (read_grey); may raise ImageError.
+        split: cut the image into digits; False reads all its ink as one digit.
     """
-    records, prepared = [], []
-    for path in files:
-        record: dict[str, Any] = {"file": str(path), "text": None, "digits": [], "error": None}
-        try:
-            if not path.is_file():
-                raise ImageError(f"{path} does not exist (or is not a file).")
-            digits = prepare(read_grey(path), split=split, name=str(path))
-            prepared += [d.image for d in digits]
-            record["digits"] = [{"box": list(d.box), "image": d.image} for d in digits]
-        except ImageError as e:
-            record["error"] = str(e)
-        records.append(record)
+    record: dict[str, Any] = {"file": name, "text": None, "digits": [], "error": None}
+    try:
+        digits = prepare(read(), split=split, name=name)
+        record["digits"] = [{"box": list(d.box), "image": d.image} for d in digits]
+    except ImageError as e:
+        record["error"] = str(e)
+    return record
+
+
+def classify(records: list[dict[str, Any]], predictor: Predictor) -> list[dict[str, Any]]:
+    """Fill in each prepared digit's digit, confidence and top3 and each record's text; one batch for all."""
+    prepared = [d["image"] for r in records for d in r["digits"]]
     probs = predictor(np.stack(prepared)) if prepared else np.zeros((0, 10))
     i = 0
     for record in records:
@@ -73,6 +75,24 @@ def read_files(files: list[Path], predictor: Predictor, split: bool = True) -> l
         if record["error"] is None:
             record["text"] = "".join(str(d["digit"]) for d in record["digits"])
     return records
+
+
+def read_files(files: list[Path], predictor: Predictor, split: bool = True) -> list[dict[str, Any]]:
+    """Prepare and classify every file; one record per file, with `error` set for those that failed.
+
+    Args:
+        files: the images.
+        predictor: the model.
+        split: cut each image into digits; False reads all its ink as one digit.
+    """
+    return classify([image_record(str(path), partial(read_file, path), split) for path in files], predictor)
+
+
+def read_file(path: Path) -> np.ndarray:
+    """An image file's grey levels (read_grey), with its own message for a missing file."""
+    if not path.is_file():
+        raise ImageError(f"{path} does not exist (or is not a file).")
+    return read_grey(path)
 
 
 def format_line(record: dict[str, Any]) -> str:
