@@ -1,4 +1,4 @@
-"""`mnist-lab [overrides]` / `python -m mnist_lab [overrides]`: compose the config, print it, train(cfg).
+"""`mnist-lab [overrides]` / `python -m mnist_lab [overrides]`: compose the config, print it, train(cfg), print a summary.
 
 `mnist-lab <command> [overrides]` runs one of the tools instead (mnist_lab/tools/): evaluate,
 predict, export, report, finetune_table, strings_benchmark.
@@ -20,7 +20,7 @@ from mnist_lab import CONF_DIR
 from mnist_lab.errors import failure_message, full_errors, user_error, user_errors
 
 # command -> module of mnist_lab/tools/ whose main() runs it
-TOOLS = ("evaluate", "predict", "export", "report", "finetune_table", "strings_benchmark")
+TOOLS = ("evaluate", "predict", "export", "report", "finetune_table", "strings_benchmark", "pretrain", "serve")
 
 
 class JobFailed(CompactHydraException):
@@ -29,14 +29,25 @@ class JobFailed(CompactHydraException):
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
 def main(cfg: DictConfig) -> float | None:
-    from mnist_lab.console import print_config_tree
+    from mnist_lab import console
     from mnist_lab.distributed import isolated_job
+    from mnist_lab.errors import RunInterrupted
     from mnist_lab.train import train  # after Hydra parsed the command line: --help stays fast
 
-    print_config_tree(cfg)
+    console.quiet_library_noise()
+    console.print_config_tree(cfg)
     if HydraConfig.get().mode != RunMode.MULTIRUN:
         with user_errors(), isolated_job():
-            metrics = train(cfg)
+            try:
+                metrics = train(cfg)
+            except Exception as e:
+                # Ctrl-C/SIGTERM: where the state is and the resume command; user_errors() then
+                # prints the message and exits 130/143.
+                if isinstance(user_error(e), RunInterrupted) and console.is_rank_zero():
+                    console.print_interrupted(cfg.paths.output_dir)
+                raise
+        if console.is_rank_zero():
+            console.print_run_summary(metrics, cfg.paths.output_dir)
         return metrics.get(cfg.get("optimized_metric", "val/acc_best"))
     try:
         with isolated_job():
@@ -51,7 +62,10 @@ def main(cfg: DictConfig) -> float | None:
         error = user_error(e)
         if error is not None and error.exit_code != 1:  # Ctrl-C/SIGTERM: stop the sweep too
             sys.exit(error.exit_code)
-        raise JobFailed(f"{failure_message(e)} (recorded in {error_file})") from None
+        sweep_dir = HydraConfig.get().sweep.dir  # Hydra skips its end-of-sweep callbacks after a failed job
+        raise JobFailed(
+            f"{failure_message(e)} (recorded in {error_file}; `mnist-lab report {sweep_dir}` tabulates every job)"
+        ) from None
     return metrics.get(cfg.get("optimized_metric", "val/acc_best"))
 
 

@@ -138,7 +138,11 @@ class Classifier(pl.LightningModule):
         # module, so every trainer that fits it applies it.
         from mnist_lab.callbacks.finetune import FineTuneSchedule
 
-        return [FineTuneSchedule(self.finetune)] if self.finetune is not None else []
+        # Once per trainer: Lightning asks again for trainer.test() and would replace it, noisily.
+        callbacks = self.trainer.callbacks  # type: ignore[attr-defined]  # public; set in Trainer.__init__
+        if self.finetune is None or any(isinstance(c, FineTuneSchedule) for c in callbacks):
+            return []
+        return [FineTuneSchedule(self.finetune)]
 
     def configure_optimizers(self):
         if self.finetune is None:

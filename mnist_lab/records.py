@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import platform
 import subprocess
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, cast
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch.utils.tensorboard.summary import hparams
 
 import mnist_lab
 
-# The final metrics a run reports; the HParams tab shows these beside the flattened config.
+# The final metrics a run reports; the HParams tab shows these beside its hyper-parameters.
 HPARAM_METRICS = ("test/acc", "test/loss", "val/acc_best", "train_seconds")
 
 
@@ -97,19 +98,119 @@ def environment_record() -> dict[str, Any]:
     return record
 
 
-def log_hparams(logger: Any, cfg: DictConfig, metrics: dict[str, Any]) -> None:
-    """Fill TensorBoard's HParams tab of a TensorBoardLogger: the flattened config against the run's final metrics.
+# What the HParams tab shows of a config: the option chosen in each group (model=cnn), these
+# groups' values, the seed, and every key the run's command line overrode.
+HPARAM_GROUPS = ("model", "optimizer", "scheduler", "data", "finetune")
+# Choices not shown unless overridden: Hydra's own groups, where files go, how metrics are logged,
+# and which callbacks run (TensorBoard shows the first 5 columns, "callbacks" would sort early).
+_SKIP_CHOICES = ("hydra", "paths", "logger", "callbacks")
+# Keys that are no hyper-parameters: what to instantiate, what the data files are (the `data`
+# choice names them), and anything under these groups.
+_SKIP_KEYS = ("_target_", "_partial_")
+_SKIP_PREFIXES = ("data/source/", "callbacks/", "paths/", "hydra/")
 
-    Lightning's own log_hyperparams would log the metrics again as scalars at step 0; the
+
+def hydra_record(output_dir: Path) -> DictConfig | None:
+    """Hydra's record of how the run in `output_dir` was composed (its first start's, when resumed), or None."""
+    path = output_dir / ".hydra" / "hydra.yaml"  # resume= writes its own record to .hydra/resume-*/
+    return cast(DictConfig, OmegaConf.load(path).hydra) if path.is_file() else None
+
+
+def swept_keys(output_dir: Path) -> list[str]:
+    """The keys that the sweep `output_dir` is a job of varies (from the sweep's multirun.yaml), else []."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    # Hydra writes multirun.yaml into the sweep directory; a job is its subdir (the job or trial number).
+    record = next((p / "multirun.yaml" for p in output_dir.parents[:2] if (p / "multirun.yaml").is_file()), None)
+    if record is None:
+        return []
+    sweep = OmegaConf.load(record).hydra
+    try:
+        overrides = OverridesParser.create().parse_overrides(list(sweep.overrides.task))
+    except Exception:  # a record that this Hydra cannot parse: no keys rather than no HParams tab
+        return []
+    keys = [o.key_or_group for o in overrides if o.is_sweep_override()]
+    keys += [str(k) for k in (OmegaConf.select(sweep, "sweeper.params") or {})]  # e.g. an Optuna search space
+    return [k.replace(".", "/") for k in dict.fromkeys(keys)]
+
+
+def overridden_keys(record: DictConfig | None) -> list[str]:
+    """The keys of the run's command-line overrides (hydra.overrides.task), as `group/key`."""
+    overrides = record.overrides.task if record is not None else []
+    return [str(o).partition("=")[0].lstrip("+~").replace(".", "/") for o in overrides]
+
+
+def _value(value: Any) -> Any:
+    """A config value as the HParams tab shows it: a number or a string ("true", "null", "[0.9, 1.1]")."""
+    if isinstance(value, bool) or value is None:  # not 1.0/0.0 (torch's hparams() takes bools for numbers)
+        return "null" if value is None else str(value).lower()
+    if isinstance(value, DictConfig | ListConfig):
+        value = OmegaConf.to_container(value, resolve=True)
+    return value if isinstance(value, int | float | str) else str(value)
+
+
+def _is_path(value: Any) -> bool:
+    return isinstance(value, str) and value.startswith(("/", "~"))  # resolved paths differ per machine
+
+
+def run_hparams(cfg: DictConfig, record: DictConfig | None = None, swept: Sequence[str] = ()) -> dict[str, Any]:
+    """The HParams of a run, in order: swept keys, other overrides, group choices, group values, seed.
+
+    Args:
+        cfg: the run's composed config.
+        record: Hydra's record of the run (hydra_record): its choices and command-line overrides.
+        swept: the keys the run's sweep varies (swept_keys), listed first.
+    """
+    choices = {str(k): v for k, v in (record.runtime.choices if record is not None else {}).items()}
+    params: dict[str, Any] = {}
+    for key in dict.fromkeys([*swept, *overridden_keys(record)]):
+        value = choices[key] if key in choices else OmegaConf.select(cfg, key.replace("/", "."), default=None)
+        if not key.startswith(_SKIP_PREFIXES) and not _is_path(value):
+            params[key] = _value(value)
+    for group, choice in choices.items():
+        if choice is not None and group.split("/")[0] not in _SKIP_CHOICES:  # None: experiment=null
+            params.setdefault(group, str(choice))
+    for group in HPARAM_GROUPS:
+        for key, value in flatten(cfg[group], f"{group}/").items() if group in cfg else ():
+            if key.rsplit("/", 1)[-1] in _SKIP_KEYS or key.startswith(_SKIP_PREFIXES) or _is_path(value):
+                continue
+            params.setdefault(key, _value(value))
+    params.setdefault("seed", cfg.get("seed"))
+    return params
+
+
+def log_hparams(logger: Any, cfg: DictConfig, metrics: dict[str, Any]) -> None:
+    """Fill TensorBoard's HParams tab of a TensorBoardLogger: the run's hyper-parameters (run_hparams) against its final metrics.
+
+    TensorBoard orders the columns by name, except that hyper-parameters marked `differs` come
+    first; it shows the first 5 by default, and takes the columns from one run's list
+    (whichever it reads first). The keys a sweep varies (or a single run overrode) are marked, so they come
+    first. Lightning's own log_hyperparams would log the metrics again as scalars at step 0; the
     scalars test/acc etc. already exist, so only the summary that links them is written.
     """
-    params = {k: v for k, v in flatten(cfg).items() if not k.startswith(("paths/", "hydra/"))}
+    output_dir = Path(cfg.paths.output_dir)
+    record = hydra_record(output_dir)
+    swept = swept_keys(output_dir)
+    params = run_hparams(cfg, record, swept)
     # val/acc_best and test/* are scalars already (logged by the loops); train time is not,
     # so it is logged here under a tag of its own and the HParams tab links that tag.
     tags = {k: "time/train_seconds" if k == "train_seconds" else k for k in HPARAM_METRICS}
     final = {tags[k]: float(metrics[k]) for k in HPARAM_METRICS if metrics.get(k) is not None}
     writer = logger.experiment  # a SummaryWriter; add_scalar opens its event file (writer.file_writer)
     writer.add_scalar(tags["train_seconds"], metrics["train_seconds"], metrics["global_steps"])
-    for summary in hparams(params, final):
+    experiment, start, end = hparams(params, final)
+    _mark_differs(experiment, set(swept) or set(overridden_keys(record)))
+    for summary in (experiment, start, end):
         writer.file_writer.add_summary(summary)
     writer.flush()
+
+
+def _mark_differs(experiment: Any, names: set[str]) -> None:
+    """Mark these hyper-parameters of torch's Experiment summary as `differs` (TensorBoard lists those first)."""
+    from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
+
+    plugin_data = experiment.value[0].metadata.plugin_data
+    data = HParamsPluginData.FromString(plugin_data.content)
+    for info in data.experiment.hparam_infos:
+        info.differs = info.name in names
+    plugin_data.content = data.SerializeToString()

@@ -14,7 +14,7 @@ from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
 from pytorch_lightning.loggers import TensorBoardLogger
 
 from mnist_lab.callbacks import EpochTimer, Resumable
-from mnist_lab.checkpoints import LAST, AtomicCheckpointIO, describe_checkpoint, load_pretrained
+from mnist_lab.checkpoints import LAST, AtomicCheckpointIO, describe_checkpoint, load_pretrained, read_checkpoint
 from mnist_lab.classifier import Classifier
 from mnist_lab.config import Origins, build, validate
 from mnist_lab.config.migrate import migrate
@@ -102,6 +102,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             "epoch_seconds": epoch_seconds,  # the training batches of each epoch
             "val_seconds": val_seconds,  # each epoch's validation
             "best_checkpoint": best,
+            "best_epoch": read_checkpoint(best)["epoch"] if best else None,  # 0-based, as in best-epochNNN
         }
     )
 

@@ -38,6 +38,42 @@ def test_compare_article_smoke(tmp_path):
     assert summary["article"]["ratio_vs_article"] == 1.0
     for s in summary.values():
         assert s["median_epoch_s"] > 0 and s["peak_rss_mib"] > 100 and 0 < s["test_acc"][0] <= 1
+        assert s["gflops"] > 0 and s["fraction_of_matmul"] > 0  # the roofline column
+    assert recorded["matmul_gflops"]["fp32"] > 0
+
+
+def test_parity_smoke(tmp_path):
+    out = tmp_path / "parity.json"
+    result = subprocess.run(
+        [
+            sys.executable,
+            "benchmarks/parity.py",
+            "--reps",
+            "1",
+            "--epochs",
+            "1",
+            "--limit-batches",
+            "5",
+            "--json",
+            str(out),
+        ],
+        cwd=ROOT_DIR,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    for precision in ("32-true", "bf16-mixed"):
+        assert f"overhead {precision}: " in result.stdout and "% of the plain loop's epoch" in result.stdout
+    summary = json.loads(out.read_text())["summary"]
+    assert set(summary) == {"32-true", "bf16-mixed"}
+    for s in summary.values():
+        assert s["matmul_gflops"] > 0 and len(s["overhead_pct_per_rep"]) == 1
+        for side in (s["plain"], s["mnist_lab"]):
+            assert side["median_epoch_s"] > 0 and side["gflops"] > 0 and 0 < side["fraction_of_matmul"]
+        # the same seed, data order, weights and arithmetic on both sides: the same test accuracy
+        # up to float rounding (summation order differs between Lightning's and the loop's steps)
+        assert abs(s["plain"]["test_acc"][0] - s["mnist_lab"]["test_acc"][0]) <= 0.01
 
 
 def test_scaling_smoke():
@@ -51,8 +87,10 @@ def test_scaling_smoke():
     assert result.returncode == 0, result.stderr[-3000:]
     machine, header, *lines = result.stdout.splitlines()
     assert machine.startswith("machine: ") and "torch_cpu_capability" in machine
+    assert "matmul 2048x2048 fp32" in machine and "GFLOP/s" in header
     rows = [ln.split() for ln in lines]
     assert [(r[0], r[1]) for r in rows] == [("640", "64"), ("640", "128")]
+    assert all(float(r[4]) > 0 and float(r[5]) > 0 for r in rows)  # GFLOP/s and its fraction of the matmul rate
 
 
 def test_widths_smoke():

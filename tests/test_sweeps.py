@@ -10,6 +10,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 from tensorboard.backend.event_processing.event_multiplexer import EventMultiplexer
+from tensorboard.plugins.hparams import plugin_data_pb2
 
 from mnist_lab.tools.report import report
 from tests.conftest import TINY
@@ -27,6 +28,8 @@ def test_parallel_sweep_records_a_failing_job_and_reports_every_job(tmp_path):
     result = run_cli("-m", *SMALL, "hydra/launcher=joblib", "data.batch_size=64,128,-4", f"hydra.sweep.dir={sweep}")
     assert result.returncode == 1, result.stderr[-3000:]  # something failed, and the exit status says so
     assert "data.batch_size=-4" in result.stderr
+    # Hydra skips its end-of-sweep callbacks (the report) after a failed job: the error names the command.
+    assert f"`mnist-lab report {sweep}` tabulates every job" in result.stderr
     # The failing job left its message; the others ran to the end in their own directories.
     assert "data.batch_size=-4" in (sweep / "2" / "error.txt").read_text().split("\n\n")[0]
     finished = {n: json.loads((sweep / n / "metrics.json").read_text()) for n in ("0", "1")}
@@ -53,6 +56,43 @@ def test_parallel_sweep_records_a_failing_job_and_reports_every_job(tmp_path):
     for job, run in runs.items():
         assert "_hparams_/session_start_info" in tb.PluginRunToTagToContent("hparams")[run]
         assert tb.Scalars(run, "test/acc")[-1].value == finished[job]["test/acc"]
+        # Its HParams: each group's choice, the values a run can change, the seed and the sweep's
+        # overrides; the key the sweep varies is marked `differs`, so TensorBoard shows it first.
+        experiment, hparams = hparams_data(tb, run)
+        assert hparams["data/batch_size"].number_value == [64, 128][int(job)]
+        assert {"model": "cnn", "optimizer": "sgd", "data": "mnist", "trainer": "default"}.items() <= {
+            k: v.string_value for k, v in hparams.items()
+        }.items()
+        assert hparams["seed"].number_value == 0 and hparams["optimizer/lr"].number_value == pytest.approx(0.05)
+        assert hparams["trainer/max_epochs"].number_value == 1  # a command-line override outside the groups
+        assert [k for k in hparams if k.endswith(("_target_", "_partial_")) or k.startswith(NOT_HPARAMS)] == []
+        assert not [k for k, v in hparams.items() if v.string_value.startswith("/")]  # no paths
+        infos = experiment.hparam_infos
+        assert [i.name for i in infos if i.differs] == ["data/batch_size"] == [infos[0].name]
+        assert len(infos) == len(hparams) < 50  # was 100-odd: the whole flattened config
+        metrics = {m.name.tag for m in experiment.metric_infos}
+        assert metrics == {"test/acc", "test/loss", "val/acc_best", "time/train_seconds"}
+
+
+NOT_HPARAMS = ("callbacks", "hydra", "paths", "logger", "data/source")
+
+
+def hparams_data(tb: EventMultiplexer, run: str):
+    """A run's HParams summary: (the Experiment, its columns; the session's hyper-parameter values)."""
+    content = tb.PluginRunToTagToContent("hparams")[run]
+    experiment = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/experiment"]).experiment
+    start = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_start_info"])
+    return experiment, dict(start.session_start_info.hparams)
+
+
+def test_a_sweep_report_that_fails_is_one_line_not_a_failed_sweep(tmp_path, capsys):
+    from omegaconf import OmegaConf
+
+    from mnist_lab.console import SweepReport
+
+    SweepReport().on_multirun_end(OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}}}))
+    out = capsys.readouterr().out.strip()
+    assert out.startswith(f"(no sweep report for {tmp_path}: ") and "holds no sweep jobs" in out and "\n" not in out
 
 
 def test_submitit_local_runs_each_job_in_its_own_process(tmp_path):

@@ -54,7 +54,7 @@ def test_train_writes_metrics_checkpoints_and_tensorboard(tiny_cfg):
     assert {"test/acc", "val/acc_best", "test/loss"} <= metric_tags
     # The HParams tab links those tags to this run's config, and the scalar holds the real value.
     assert acc.Scalars("test/acc")[-1].value == pytest.approx(saved["test/acc"])
-    assert hparams["model/_target_"].string_value == "mnist_lab.models.CNN"
+    assert hparams["model/conv1_channels"].number_value == 32 and "model/_target_" not in hparams
     assert hparams["optimizer/lr"].number_value == pytest.approx(0.05)  # the TINY override
     assert {"test/confusion_matrix", "test/misclassified"} <= set(acc.Tags()["images"])
 
