@@ -22,6 +22,8 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
+from mnist_lab.errors import user_errors
+
 ZERO_SHOT = "zero-shot"
 
 
@@ -72,6 +74,7 @@ def zero_shot(jobs: list[dict]) -> list[dict]:
 
     from mnist_lab.checkpoints import load_net
     from mnist_lab.inference.predictor import probabilities
+    from mnist_lab.pretrained import BUNDLED, bundled_for
 
     rows = []
     for target in sorted({j["target"] for j in jobs}):
@@ -79,7 +82,11 @@ def zero_shot(jobs: list[dict]) -> list[dict]:
         if tuned is None:
             continue
         saved = OmegaConf.load(tuned["job"] / ".hydra" / "config.yaml")
-        net, _ = load_net(saved.finetune.checkpoint)
+        start = saved.finetune.checkpoint
+        if start == BUNDLED:  # the file that run resolved to (mnist_lab/pretrained.py)
+            found = bundled_for(saved.model)
+            start = found[0] if found is not None else start
+        net, _ = load_net(start)
         data = OmegaConf.create(OmegaConf.to_container(saved.data, resolve=True))
         datamodule = instantiate(data)
         datamodule.setup("test")
@@ -183,7 +190,8 @@ def main(argv: list[str] | None = None) -> int:
     if not jobs:
         print(f"No finished jobs under {', '.join(map(str, args.sweep_dirs))}.", file=sys.stderr)
         return 1
-    rows = jobs + (zero_shot(jobs) if args.zero_shot else [])
+    with user_errors():
+        rows = jobs + (zero_shot(jobs) if args.zero_shot else [])
     print(table(rows))
     report = plateau_report(jobs)
     if report:
