@@ -33,7 +33,10 @@ def test_parallel_sweep_records_a_failing_job_and_reports_every_job(tmp_path):
     # The failing job left its message; the others ran to the end in their own directories.
     assert "data.batch_size=-4" in (sweep / "2" / "error.txt").read_text().split("\n\n")[0]
     finished = {n: json.loads((sweep / n / "metrics.json").read_text()) for n in ("0", "1")}
-    assert all(m["test/acc"] > 0.3 for m in finished.values())
+    # Tiny one-epoch models, which differ between machines as seeds do. Measured on the 2-core
+    # AMD EPYC over seeds 0-4, default threads and OMP_NUM_THREADS=1: batch 64 53.2-70.6%,
+    # batch 128 37.8-52.6%. 0.2 is 17 points under the lowest seed and 2x chance.
+    assert all(m["test/acc"] > 0.2 for m in finished.values())
     assert not (sweep / "2" / "metrics.json").exists()
 
     text = report(sweep)

@@ -74,7 +74,10 @@ def test_train_refuses_to_overwrite_a_finished_run(tiny_cfg):
 def test_other_models_train_with_csv_logger(tiny_cfg, model):
     cfg = tiny_cfg(f"model={model}", "logger=csv", "optimizer=adam", "optimizer.lr=0.01", "scheduler=onecycle")
     metrics = train(cfg)
-    assert metrics["test/acc"] > 0.5
+    # The suite's own tiny model differs between machines as a seed does. Measured on the 2-core
+    # AMD EPYC over seeds 0-4, default threads and OMP_NUM_THREADS=1: MLP 66.6-71.0%, LeNet-5
+    # 42.4-66.7%. 0.3 is 12 points under the lowest seed and 3x chance.
+    assert metrics["test/acc"] > 0.3
     assert list(Path(cfg.paths.output_dir, "csv").glob("metrics.csv"))
 
 
