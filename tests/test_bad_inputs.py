@@ -354,6 +354,6 @@ class _Point:
     ],
 )
 def test_yaml_values_against_annotations(value, hint, ok):
-    from mnist_lab.config.validate import _conforms
+    from mnist_lab.config.types import conforms
 
-    assert _conforms(value, hint) is ok
+    assert conforms(value, hint) is ok

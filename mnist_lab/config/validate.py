@@ -13,18 +13,12 @@ experiment file, a group file or conf/config.yaml.
 
 from __future__ import annotations
 
-import collections.abc as abc
 import difflib
 import inspect
-import json
-import types
-import typing
 from fnmatch import fnmatch
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Any
 
-import pydantic
-import torch
 import yaml
 from hydra.utils import get_object
 from omegaconf import DictConfig, ListConfig, OmegaConf
@@ -35,6 +29,7 @@ from mnist_lab.config.crosschecks import check_across
 from mnist_lab.config.objects import Built, Problem, build_and_check
 from mnist_lab.config.origins import Origins
 from mnist_lab.config.rules import PATH_KEYS, RULES, is_int
+from mnist_lab.config.types import conforms, describe, type_hints
 from mnist_lab.errors import ConfigError
 from mnist_lab.pretrained import BUNDLED
 
@@ -241,7 +236,7 @@ def _check_target(node: DictConfig, path: str, problems: list[Problem]) -> None:
         _walk(node, f"{path}.", problems)
         return
     takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
-    hints = _type_hints(target)
+    hints = type_hints(target)
     where = f"`{path}`, which configures {target_name}"
     for key in node.keys():
         key = str(key)
@@ -264,66 +259,14 @@ def _check_target(node: DictConfig, path: str, problems: list[Problem]) -> None:
         hint = hints.get(key)
         if hint is not None:
             plain = OmegaConf.to_container(value, resolve=True) if isinstance(value, ListConfig) else value
-            if not isinstance(value, DictConfig) and not _conforms(plain, hint):
+            if not isinstance(value, DictConfig) and not conforms(plain, hint):
                 problems.append(
                     Problem(
                         sub,
                         plain,
-                        f"has the wrong type ({type(plain).__name__}): {target_name} takes {_describe(hint)} for `{key}`",
+                        f"has the wrong type ({type(plain).__name__}): {target_name} takes {describe(hint)} for `{key}`",
                     )
                 )
                 continue
         if isinstance(value, DictConfig):
             _check_node(value, sub, problems)
-
-
-def _type_hints(target: Any) -> dict[str, Any]:
-    fn = target.__init__ if inspect.isclass(target) else target
-    try:
-        return typing.get_type_hints(fn)
-    except Exception:  # annotations that do not evaluate here: check keys only
-        return {}
-
-
-# A class pydantic has no schema for (a Tensor, a Callback) is checked with isinstance.
-_ARBITRARY = pydantic.ConfigDict(arbitrary_types_allowed=True)
-
-
-def _conforms(value: Any, hint: Any) -> bool:
-    """Whether a YAML value can be passed where `hint` is annotated (True when unsure).
-
-    YAML holds JSON's types, so pydantic's strict JSON mode is the rule: lists where tuples
-    are annotated, strings for paths, ints for floats, but no bools for ints and no "3" for 3.
-    """
-    if isinstance(value, list) and any(isinstance(v, dict) for v in value):
-        return True  # nodes that instantiate builds into objects first
-    try:
-        pydantic.TypeAdapter(hint, config=_ARBITRARY).validate_json(json.dumps(value), strict=True)
-    except pydantic.ValidationError:
-        return False
-    except Exception:  # no schema for the annotation (a dataclass, a forward reference): unsure
-        pass
-    return True
-
-
-def _describe(hint: Any) -> str:
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if origin in (Union, types.UnionType):  # Tensor alternatives: YAML cannot hold them anyway
-        return " or ".join(dict.fromkeys(_describe(a) for a in args if a is not torch.Tensor))
-    if origin is Literal:
-        return "one of " + ", ".join(repr(a) for a in args)
-    if hint is type(None):
-        return "null"
-    if origin is tuple and args and args[-1] is not Ellipsis:
-        return f"a list of {len(args)} ({', '.join(_describe(a) for a in args)})"
-    if origin in (tuple, list, abc.Sequence) or hint in (tuple, list):
-        return "a list" + (f" of ({_describe(args[0])})" if args else "")
-    if hint is float:
-        return "a number"
-    if hint is int:
-        return "an integer"
-    if hint is bool:
-        return "true/false"
-    if hint is str or hint is Path:
-        return "a string"
-    return f"a {getattr(hint, '__name__', str(hint))} object (a node with _target_)"
