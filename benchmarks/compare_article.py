@@ -13,7 +13,10 @@ Prints per-epoch seconds (median of the training epochs: the training batches on
 sides; mnist_lab's validation is timed apart), images/s, peak resident memory, test
 accuracy (mean over the repetitions' seeds), and the ratio mnist_lab / article of the
 median epoch time. `--variant` adds mnist_lab runs with extra
-overrides (e.g. `--variant "trainer.precision=bf16-mixed"`).
+overrides (e.g. `--variant "trainer.precision=bf16-mixed"`). The roofline columns: each
+side's training GFLOP/s (its network's FLOPs per image, benchmarks/roofline.py) and that as a
+fraction (`of mm`) of a 2048x2048 matmul's rate in the same precision, timed in the parent
+process once per repetition (median).
 """
 
 from __future__ import annotations
@@ -28,6 +31,9 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+# benchmarks/ is the script's directory, so its modules import by name.
+from roofline import dtype_of, matmul_dtype, matmul_gflops, train_flops_per_image
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -107,12 +113,15 @@ def run_article(epochs: int, limit_batches: int | None, seed: int) -> dict:
         "images": images,
         "test_acc": correct / total,
         "total_seconds": time.perf_counter() - start,
+        "precision": "32-true",
+        "train_flops_per_image": train_flops_per_image(Net()),
     }
 
 
 def run_mnist_lab(epochs: int, limit_batches: int | None, seed: int, overrides: list[str]) -> dict:
     """mnist_lab's train(cfg) on experiment=seed_baseline, everything on (TensorBoard, checkpoints)."""
     from hydra import compose, initialize_config_dir
+    from hydra.utils import instantiate
 
     from mnist_lab import CONF_DIR
     from mnist_lab.train import train
@@ -142,6 +151,8 @@ def run_mnist_lab(epochs: int, limit_batches: int | None, seed: int, overrides: 
         "images": images,
         "test_acc": metrics["test/acc"],
         "total_seconds": time.perf_counter() - start,
+        "precision": str(cfg.trainer.precision),
+        "train_flops_per_image": train_flops_per_image(instantiate(cfg.model), cfg.model.get("in_channels", 1)),
     }
 
 
@@ -171,16 +182,19 @@ def spawn(kind: str, args: argparse.Namespace, seed: int, overrides: list[str] =
     return json.loads(lines[-1][len("RESULT ") :])
 
 
-def summarise(name: str, runs: list[dict]) -> dict:
+def summarise(name: str, runs: list[dict], matmul: dict[str, float]) -> dict:
     # The first epoch carries one-time costs (allocator warm-up, first checkpoint): the
     # median over all epochs of all repetitions is the steady-state figure.
     epochs = [s for r in runs for s in r["epoch_seconds"]]
     med = statistics.median(epochs)
     per_epoch_images = runs[0]["images"] / len(runs[0]["epoch_seconds"])
+    gflops = runs[0]["train_flops_per_image"] * per_epoch_images / med / 1e9
     return {
         "name": name,
         "median_epoch_s": med,
         "images_per_s": per_epoch_images / med,
+        "gflops": gflops,
+        "fraction_of_matmul": gflops / matmul[matmul_dtype(runs[0]["precision"])],
         "peak_rss_mib": max(r["peak_rss_mib"] for r in runs),
         "test_acc": [r["test_acc"] for r in runs],
         "total_s": [r["total_seconds"] for r in runs],
@@ -204,6 +218,8 @@ def main() -> None:
 
     plan = [("article", []), ("mnist_lab", [])] + [(f"mnist_lab {v}", v.split()) for v in args.variant]
     results: dict[str, list[dict]] = {name: [] for name, _ in plan}
+    # The roofline: a matmul's rate in each dtype of the plan (fp32, bf16), timed once per repetition.
+    mm: dict[str, list[float]] = {dtype: [] for dtype in dict.fromkeys(dtype_of(o) for _, o in plan)}
     for rep in range(args.reps):
         for name, overrides in plan:  # alternate, so machine noise hits every contender alike
             kind = "article" if name == "article" else "mnist_lab"
@@ -216,7 +232,10 @@ def main() -> None:
                 f"test acc {r['test_acc']:.4f}",
                 flush=True,
             )
-    summary = [summarise(name, runs) for name, runs in results.items()]
+        for dtype, rates in mm.items():
+            rates.append(matmul_gflops(dtype))
+    matmul = {dtype: statistics.median(rates) for dtype, rates in mm.items()}
+    summary = [summarise(name, runs, matmul) for name, runs in results.items()]
     base, base_rate = summary[0]["median_epoch_s"], summary[0]["images_per_s"]
     # ratio: of the median epoch times (the headline figure of benchmarks/README.md); per
     # image: of the seconds per training image, since mnist_lab's epoch is 55k images (5k
@@ -225,20 +244,27 @@ def main() -> None:
 
     machine = machine_record()
     print(f"\nmachine: {machine}")
-    print(f"{'':<40} {'epoch s':>8} {'img/s':>8} {'peak MiB':>9} {'ratio':>6} {'per img':>7}  test acc mean (per rep)")
+    print("matmul 2048x2048: " + ", ".join(f"{dtype} {rate:.1f} GFLOP/s" for dtype, rate in matmul.items()))
+    print(
+        f"{'':<40} {'epoch s':>8} {'img/s':>8} {'GFLOP/s':>8} {'of mm':>6} {'peak MiB':>9} {'ratio':>6} {'per img':>7}"
+        "  test acc mean (per rep)"
+    )
     for s in summary:
         s["ratio_vs_article"] = s["median_epoch_s"] / base
         s["per_image_ratio_vs_article"] = base_rate / s["images_per_s"]
         s["mean_test_acc"] = statistics.mean(s["test_acc"])
         accs = f"{s['mean_test_acc']:.4f} (" + " ".join(f"{a:.4f}" for a in s["test_acc"]) + ")"
         print(
-            f"{s['name']:<40} {s['median_epoch_s']:8.2f} {s['images_per_s']:8.0f} {s['peak_rss_mib']:9.0f} "
+            f"{s['name']:<40} {s['median_epoch_s']:8.2f} {s['images_per_s']:8.0f} {s['gflops']:8.1f} "
+            f"{s['fraction_of_matmul']:6.2f} {s['peak_rss_mib']:9.0f} "
             f"{s['ratio_vs_article']:6.3f} {s['per_image_ratio_vs_article']:7.3f}  {accs}"
         )
     if args.json:
         args.json.write_text(
             json.dumps(
-                {"args": vars(args), "machine": machine, "summary": summary, "runs": results}, indent=2, default=str
+                {"args": vars(args), "machine": machine, "matmul_gflops": matmul, "summary": summary, "runs": results},
+                indent=2,
+                default=str,
             )
         )
 

@@ -5,7 +5,10 @@
 
 Each point is a fresh subprocess running `train(cfg)` (the article's CNN and SGD recipe,
 full Lightning path with TensorBoard and checkpoints) for `--epochs` epochs; the figure is
-the median training-epoch time, images/s, and the process's peak resident memory.
+the median training-epoch time, images/s, and the process's peak resident memory. The
+roofline columns: the training GFLOP/s (the network's FLOPs per image, benchmarks/roofline.py)
+and that as a fraction (`of mm`) of a 2048x2048 matmul's rate in the run's precision, timed
+once before the points (median of 5; printed on the machine line).
 """
 
 from __future__ import annotations
@@ -19,11 +22,15 @@ import sys
 import tempfile
 from pathlib import Path
 
+# benchmarks/ is the script's directory, so its modules import by name.
+from roofline import dtype_of, matmul_gflops, train_flops_per_image
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def worker(train_size: int, batch_size: int, epochs: int, overrides: list[str]) -> None:
     from hydra import compose, initialize_config_dir
+    from hydra.utils import instantiate
 
     from mnist_lab import CONF_DIR
     from mnist_lab.train import train
@@ -56,6 +63,7 @@ def worker(train_size: int, batch_size: int, epochs: int, overrides: list[str]) 
                 "images_per_s": train_size / epoch_s,
                 "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                 "test_acc": metrics["test/acc"],
+                "train_flops_per_image": train_flops_per_image(instantiate(cfg.model), cfg.model.get("in_channels", 1)),
             }
         )
     )
@@ -75,8 +83,13 @@ def main() -> None:
     points = [(n, 64) for n in args.sizes] + [(max(args.sizes), b) for b in args.batches if b != 64]
     from mnist_lab.records import machine_record
 
-    print(f"machine: {machine_record()}")
-    print(f"{'train images':>12} {'batch':>6} {'epoch s':>8} {'img/s':>8} {'peak MiB':>9} {'test acc':>8}")
+    dtype = dtype_of(args.override)
+    matmul = matmul_gflops(dtype)
+    print(f"machine: {machine_record()}  matmul 2048x2048 {dtype}: {matmul:.1f} GFLOP/s")
+    print(
+        f"{'train images':>12} {'batch':>6} {'epoch s':>8} {'img/s':>8} {'GFLOP/s':>8} {'of mm':>6} {'peak MiB':>9} "
+        f"{'test acc':>8}"
+    )
     for n, b in points:
         cmd = [sys.executable, __file__, "--worker", str(n), str(b), "--epochs", str(args.epochs)]
         cmd += [f"--override={o}" for o in args.override]
@@ -85,9 +98,10 @@ def main() -> None:
         if proc.returncode != 0 or not lines:
             raise SystemExit(f"point ({n}, {b}) failed:\n{proc.stderr[-3000:]}")
         r = json.loads(lines[-1][7:])
+        gflops = r["train_flops_per_image"] * r["images_per_s"] / 1e9
         print(
-            f"{n:>12} {b:>6} {r['median_epoch_s']:8.2f} {r['images_per_s']:8.0f} {r['peak_rss_mib']:9.0f} "
-            f"{r['test_acc']:8.4f}",
+            f"{n:>12} {b:>6} {r['median_epoch_s']:8.2f} {r['images_per_s']:8.0f} {gflops:8.1f} {gflops / matmul:6.2f} "
+            f"{r['peak_rss_mib']:9.0f} {r['test_acc']:8.4f}",
             flush=True,
         )
 

@@ -1,0 +1,213 @@
+"""mnist_lab's `train(cfg)` against a hand-optimised plain PyTorch loop doing the same arithmetic.
+
+    python benchmarks/parity.py                                  # 3 alternating repetitions, 3 epochs, fp32 and bf16
+    python benchmarks/parity.py --reps 1 --epochs 1 --limit-batches 5   # smoke run
+
+Both sides train `experiment=seed_baseline` with the same seed: the DigitsDataModule's uint8
+tensors, the same TensorBatches order, normalised per batch (mnist_lab.data.pixels), the
+same CNN in channels_last, the same SGD, in the same precision (bf16-mixed: the plain loop
+runs its forward and loss under torch.autocast("cpu", bfloat16), as Lightning does). The
+plain loop keeps only what a careful hand-written loop needs: the loss summed on the device
+and read every 200 batches, no validation, no logging, no checkpoints. mnist_lab runs the
+path of benchmarks/compare_article.py (validation every epoch, TensorBoard, checkpoints,
+test of the best checkpoint); its `epoch_seconds` excludes validation, and the plain loop
+times only its training batches. Each repetition runs both sides in fresh subprocesses, in
+alternating order, and a 2048x2048 matmul in each precision (the roofline: `of mm` is a
+side's GFLOP/s over that rate). Prints per precision each side's median epoch, images/s,
+GFLOP/s, and mnist_lab's overhead in percent of the plain loop's epoch, per repetition too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+# benchmarks/ is the script's directory, so its modules import by name.
+from compare_article import peak_rss_mib, run_mnist_lab
+from roofline import matmul_dtype, matmul_gflops, train_flops_per_image
+
+ROOT = Path(__file__).resolve().parent.parent
+LOG_EVERY = 200  # the trainer's log_every_n_steps: the plain loop reads its loss as often
+
+
+def run_plain(epochs: int, limit_batches: int | None, seed: int, precision: str) -> dict:
+    """The hand-written loop on mnist_lab's data, model and optimizer config; returns timings and test accuracy."""
+    import torch
+    import torch.nn.functional as F
+    from hydra import compose, initialize_config_dir
+    from hydra.utils import instantiate
+
+    from mnist_lab import CONF_DIR
+    from mnist_lab.data.batches import TensorBatches
+    from mnist_lab.data.pixels import normalize
+    from mnist_lab.train import setup_data
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("config", overrides=["experiment=seed_baseline", f"seed={seed}"])
+    data = setup_data(cfg).splits  # the same uint8 splits (55k train / 5k val / 10k test)
+    torch.manual_seed(cfg.seed)  # what pl.seed_everything does before mnist_lab builds the net: the same weights
+    net = instantiate(cfg.model).to(memory_format=torch.channels_last)
+    optimizer = instantiate(cfg.optimizer)(net.parameters())
+    batches = TensorBatches(data.train_x, data.train_y, cfg.data.batch_size, True, cfg.data.split_seed)
+    mean, std = cfg.data.mean, cfg.data.std
+    bf16 = precision == "bf16-mixed"
+    cl = torch.channels_last
+
+    epoch_seconds, images = [], 0
+    for epoch in range(epochs):
+        start = time.perf_counter()
+        loss_sum, steps = torch.zeros(()), 0
+        for i, (x, y) in enumerate(batches):
+            if limit_batches is not None and i >= limit_batches:
+                break
+            x = normalize(x, mean, std).contiguous(memory_format=cl)  # fp32, as on_after_batch_transfer
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                loss = F.cross_entropy(net(x), y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            loss_sum += loss.detach()
+            steps += 1
+            images += len(y)
+            if steps == LOG_EVERY:  # one host sync per window, as mnist_lab's train/loss
+                print(f"[{epoch + 1}, {i + 1:5d}] loss: {loss_sum.item() / steps:.3f}", file=sys.stderr)
+                loss_sum.zero_()
+                steps = 0
+        epoch_seconds.append(time.perf_counter() - start)
+
+    correct = 0
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        for x, y in TensorBatches(data.test_x, data.test_y, cfg.data.eval_batch_size, False):
+            correct += (net(normalize(x, mean, std).contiguous(memory_format=cl)).argmax(1) == y).sum().item()
+    return {
+        "epoch_seconds": epoch_seconds,
+        "images": images,
+        "test_acc": correct / len(data.test_y),
+        "precision": precision,
+        "train_flops_per_image": train_flops_per_image(instantiate(cfg.model)),
+    }
+
+
+def worker(args: argparse.Namespace) -> None:
+    if args.worker == "plain":
+        result = run_plain(args.epochs, args.limit_batches, args.seed, args.precision[0])
+    else:
+        result = run_mnist_lab(args.epochs, args.limit_batches, args.seed, [f"trainer.precision={args.precision[0]}"])
+    result["peak_rss_mib"] = peak_rss_mib()
+    print("RESULT " + json.dumps(result))
+
+
+def spawn(kind: str, args: argparse.Namespace, seed: int, precision: str) -> dict:
+    cmd = [sys.executable, __file__, "--worker", kind, "--epochs", str(args.epochs), "--seed", str(seed)]
+    cmd += ["--precision", precision]
+    if args.limit_batches:
+        cmd += ["--limit-batches", str(args.limit_batches)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+    if proc.returncode != 0 or not lines:
+        raise SystemExit(f"{kind} {precision} run failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
+    return json.loads(lines[-1][len("RESULT ") :])
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--reps", type=int, default=3)
+    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--limit-batches", type=int, default=None, help="train only this many batches per epoch")
+    p.add_argument("--seed", type=int, default=0, help="seed of the first repetition (repetition r: seed + r)")
+    p.add_argument("--precision", nargs="+", default=["32-true", "bf16-mixed"], choices=["32-true", "bf16-mixed"])
+    p.add_argument("--json", type=Path, default=None, help="also write the summary and every run here")
+    p.add_argument("--worker", choices=["plain", "mnist_lab"], help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.worker:
+        return worker(args)
+
+    runs: dict[str, dict[str, list[dict]]] = {pr: {"plain": [], "mnist_lab": []} for pr in args.precision}
+    mm: dict[str, list[float]] = {pr: [] for pr in args.precision}
+    for rep in range(args.reps):
+        for precision in args.precision:
+            # Alternate which side runs first, so a slow spell of the shared machine hits both alike.
+            for kind in ("plain", "mnist_lab") if rep % 2 == 0 else ("mnist_lab", "plain"):
+                r = spawn(kind, args, args.seed + rep, precision)
+                runs[precision][kind].append(r)
+                print(
+                    f"rep {rep + 1} {precision:<10} {kind:<9} median epoch {statistics.median(r['epoch_seconds']):6.2f} s"
+                    f"  test acc {r['test_acc']:.4f}",
+                    flush=True,
+                )
+            mm[precision].append(matmul_gflops(matmul_dtype(precision)))
+
+    from mnist_lab.records import machine_record
+
+    machine = machine_record()
+    print(f"\nmachine: {machine}")
+    summary = {}
+    for precision, sides in runs.items():
+        rate = statistics.median(mm[precision])
+        rows = {}
+        for kind, rs in sides.items():
+            med = statistics.median(s for r in rs for s in r["epoch_seconds"])
+            per_epoch_images = rs[0]["images"] / len(rs[0]["epoch_seconds"])
+            gflops = rs[0]["train_flops_per_image"] * per_epoch_images / med / 1e9
+            rows[kind] = {
+                "median_epoch_s": med,
+                "rep_median_epoch_s": [statistics.median(r["epoch_seconds"]) for r in rs],
+                "images_per_s": per_epoch_images / med,
+                "gflops": gflops,
+                "fraction_of_matmul": gflops / rate,
+                "peak_rss_mib": max(r["peak_rss_mib"] for r in rs),
+                "test_acc": [r["test_acc"] for r in rs],
+            }
+        plain, lab = rows["plain"], rows["mnist_lab"]
+        overhead = 100 * (lab["median_epoch_s"] / plain["median_epoch_s"] - 1)
+        per_rep = [100 * (a / b - 1) for a, b in zip(lab["rep_median_epoch_s"], plain["rep_median_epoch_s"])]
+        summary[precision] = {
+            "matmul_gflops": rate,
+            "matmul_gflops_per_rep": mm[precision],
+            "overhead_pct": overhead,
+            "overhead_pct_per_rep": per_rep,
+            **rows,
+        }
+        print(
+            f"\n{precision}: matmul 2048x2048 {rate:.1f} GFLOP/s (per rep "
+            + " ".join(f"{v:.1f}" for v in mm[precision])
+            + ")"
+        )
+        print(
+            f"{'':<10} {'epoch s':>8} {'per rep':>20} {'img/s':>7} {'GFLOP/s':>8} {'of mm':>6} {'peak MiB':>9}  test acc"
+        )
+        for kind, s in rows.items():
+            reps = " ".join(f"{v:.2f}" for v in s["rep_median_epoch_s"])
+            accs = " ".join(f"{a:.4f}" for a in s["test_acc"])
+            print(
+                f"{kind:<10} {s['median_epoch_s']:8.2f} {reps:>20} {s['images_per_s']:7.0f} {s['gflops']:8.1f} "
+                f"{s['fraction_of_matmul']:6.2f} {s['peak_rss_mib']:9.0f}  {accs}"
+            )
+        print(
+            f"overhead {precision}: {overhead:+.1f}% of the plain loop's epoch "
+            f"(per rep "
+            + " ".join(f"{v:+.1f}%" for v in per_rep)
+            + f"; range {min(per_rep):+.1f}..{max(per_rep):+.1f}%)"
+        )
+    if len(summary) == 2:
+        fp32, bf16 = summary["32-true"], summary["bf16-mixed"]
+        print(
+            f"\nbf16 / fp32 epoch: plain {bf16['plain']['median_epoch_s'] / fp32['plain']['median_epoch_s']:.3f}, "
+            f"mnist_lab {bf16['mnist_lab']['median_epoch_s'] / fp32['mnist_lab']['median_epoch_s']:.3f}; "
+            f"matmul rate bf16 / fp32 {bf16['matmul_gflops'] / fp32['matmul_gflops']:.2f}"
+        )
+    if args.json:
+        args.json.write_text(
+            json.dumps(
+                {"args": vars(args), "machine": machine, "summary": summary, "runs": runs}, indent=2, default=str
+            )
+        )
+
+
+if __name__ == "__main__":
+    main()
