@@ -13,7 +13,9 @@ class EpochTimer(pl.Callback):
     Lightning runs the end-of-epoch validation inside the training epoch (before
     on_train_epoch_end), so the clock stops while validation runs: `epoch_seconds` holds the
     time of the training batches alone, which is what a hand-written loop's epoch time
-    measures, and `val_seconds` the time of that epoch's validation passes. Logged as
+    measures, and `val_seconds` the time of that epoch's validation passes. The clock starts
+    again at the next training batch, not when validation ends: the checkpoints written after
+    validation (best and last.ckpt) belong to neither figure. Logged as
     time/epoch_s and time/val_s. `train_seconds()` is the whole fit's wall-clock time,
     the earlier parts of a resumed run included.
     """
@@ -25,6 +27,7 @@ class EpochTimer(pl.Callback):
         self.val_seconds: list[float] = []
         self._start: float | None = None  # None while the clock is stopped
         self._val_start: float | None = None
+        self._paused = False  # stopped by validation, to start again with the next batch
         self._train = self._val = 0.0
 
     def train_seconds(self) -> float:
@@ -37,6 +40,7 @@ class EpochTimer(pl.Callback):
 
     def _begin(self) -> None:
         self._train = self._val = 0.0
+        self._paused = False
         self._start = time.perf_counter()
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
@@ -58,12 +62,16 @@ class EpochTimer(pl.Callback):
             return
         now = time.perf_counter()
         self._val += now - self._val_start
-        self._start, self._val_start = now, None
+        self._val_start, self._paused = None, True
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if self._paused:  # the first batch after a validation pass inside the epoch
+            self._start, self._paused = time.perf_counter(), False
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         if self._start is not None:
             self._train += time.perf_counter() - self._start
-        self._start = None
+        self._start, self._paused = None, False
         self.epoch_seconds.append(self._train)
         self.val_seconds.append(self._val)
         pl_module.log_dict({"time/epoch_s": self._train, "time/val_s": self._val})
