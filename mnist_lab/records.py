@@ -68,6 +68,21 @@ def machine_record() -> dict[str, Any]:
     }
 
 
+def emulated_bf16(trainer: Any) -> str | None:
+    """A warning when a trainer runs bf16 on a CPU that lacks native bf16 (else None)."""
+    from pytorch_lightning.accelerators import CPUAccelerator
+
+    if not str(trainer.precision).startswith("bf16") or not isinstance(trainer.accelerator, CPUAccelerator):
+        return None
+    if machine_record()["native_bf16"]:
+        return None
+    return (
+        f"trainer.precision={trainer.precision} on a CPU without native bf16 (no AVX512_BF16 or AMX flag): the "
+        "bf16 arithmetic is emulated and usually slower than fp32 (benchmarks/bf16_isa.py); "
+        "trainer.precision=32-true is the faster choice here."
+    )
+
+
 def environment_record() -> dict[str, Any]:
     """What a run needs to be reproduced: package, git commit, library versions."""
     import pytorch_lightning

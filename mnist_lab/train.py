@@ -10,7 +10,7 @@ from typing import Any
 import pytorch_lightning as pl
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
-from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
+from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint, ProgressBar
 from pytorch_lightning.loggers import TensorBoardLogger
 
 from mnist_lab.callbacks import EpochTimer, Resumable
@@ -21,7 +21,7 @@ from mnist_lab.config.migrate import migrate
 from mnist_lab.errors import NonFiniteLossError, UserError
 from mnist_lab.files import write_json
 from mnist_lab.pretrained import card_path, describe_start, is_mnist
-from mnist_lab.records import environment_record, log_hparams
+from mnist_lab.records import emulated_bf16, environment_record, log_hparams
 from mnist_lab.rundir import check_output_dir
 
 # metrics.json fields that differ between two runs of the same config and seed: wall-clock
@@ -72,9 +72,13 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     loggers = [instantiate(c) for c in cfg.logger.values() if c is not None] if cfg.get("logger") else []
     if not loggers:  # Lightning refuses a learning-rate monitor with nothing to log to
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
+    if not cfg.trainer.get("enable_progress_bar", True):  # ... and a progress bar it was told not to show
+        callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
     trainer: pl.Trainer = instantiate(
         cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=[AtomicCheckpointIO()]
     )
+    if emulated := emulated_bf16(trainer):
+        log.warning(emulated)
 
     # 3. Fit, then test the best checkpoint (the last weights when there is no checkpointing).
     try:

@@ -94,12 +94,13 @@ def test_epoch_times_survive_testing_an_earlier_checkpoint(tiny_cfg):
 
 
 def test_epoch_timer_stops_its_clock_during_validation(monkeypatch):
-    """epoch_seconds is the training batches alone; validation goes to val_seconds."""
+    """epoch_seconds is the training batches alone; validation goes to val_seconds, and the
+    checkpoint writes after each validation pass to neither."""
     from types import SimpleNamespace
 
     from mnist_lab.callbacks import timer as callbacks
 
-    clock = iter([0.0, 1.0, 2.0, 7.0, 9.0, 10.0, 20.0, 21.0])
+    clock = iter([0.0, 1.0, 2.0, 7.0, 8.0, 10.0, 11.0, 14.0, 24.0, 25.0, 26.0])
     monkeypatch.setattr(callbacks.time, "perf_counter", lambda: next(clock))
     logged = []
     module = SimpleNamespace(log_dict=logged.append)
@@ -109,12 +110,43 @@ def test_epoch_timer_stops_its_clock_during_validation(monkeypatch):
     timer.on_train_start(None, module)  # t=0
     timer.on_train_epoch_start(None, module)  # t=1: the epoch starts
     timer.on_validation_start(None, module)  # t=2: 1 s of training, then validation
-    timer.on_validation_end(None, module)  # t=7: 5 s of validation
-    timer.on_validation_start(None, module)  # t=9: 2 s more training (mid-epoch validation)
-    timer.on_validation_end(None, module)  # t=10: 1 s of validation
-    timer.on_train_epoch_end(None, module)  # t=20: 10 s more training
-    assert timer.epoch_seconds == [13.0] and timer.val_seconds == [6.0]
-    assert logged == [{"time/epoch_s": 13.0, "time/val_s": 6.0}]
-    timer.on_train_epoch_start(None, module)  # t=21
+    timer.on_validation_end(None, module)  # t=7: 5 s of validation, then 1 s of checkpointing
+    timer.on_train_batch_start(None, module, None, 0)  # t=8: the clock runs again
+    timer.on_validation_start(None, module)  # t=10: 2 s more training (mid-epoch validation)
+    timer.on_validation_end(None, module)  # t=11: 1 s of validation, 3 s of checkpointing
+    timer.on_train_batch_start(None, module, None, 1)  # t=14
+    timer.on_validation_start(None, module)  # t=24: 10 s more training, the epoch's last validation
+    timer.on_validation_end(None, module)  # t=25: 1 s
+    timer.on_train_epoch_end(None, module)  # after the last checkpoint: nothing more counted
+    assert timer.epoch_seconds == [13.0] and timer.val_seconds == [7.0]
+    assert logged == [{"time/epoch_s": 13.0, "time/val_s": 7.0}]
+    timer.on_train_epoch_start(None, module)  # t=26
     state = timer.state_dict()
-    assert state == {"epoch_seconds": [13.0], "val_seconds": [6.0], "train_seconds": 0.0}  # no fit ran
+    assert state == {"epoch_seconds": [13.0], "val_seconds": [7.0], "train_seconds": 0.0}  # no fit ran
+
+
+def test_progress_bar_off_with_the_default_callbacks(tmp_path):
+    """trainer.enable_progress_bar=false alone works: the default callbacks' bar is dropped
+    (Lightning refuses a progress-bar callback it was told not to show)."""
+    from tests.conftest import TINY, compose_config
+
+    overrides = [o for o in TINY if not o.startswith("callbacks.progress_bar")]
+    cfg = compose_config([*overrides, "trainer.enable_progress_bar=false", "logger=none"], output_dir=tmp_path / "run")
+    assert cfg.callbacks.progress_bar is not None
+    assert train(cfg)["epochs"] == 1
+
+
+@pytest.mark.parametrize("flags,precision,warned", [([], "bf16-mixed", True), (["avx512_bf16"], "bf16-mixed", False), ([], "32-true", False)])  # fmt: skip
+def test_bf16_on_a_cpu_without_native_bf16_is_flagged(monkeypatch, flags, precision, warned):
+    from types import SimpleNamespace
+
+    from pytorch_lightning.accelerators import CPUAccelerator
+
+    from mnist_lab import records
+
+    monkeypatch.setattr(records, "machine_record", lambda: {"native_bf16": flags})
+    trainer = SimpleNamespace(precision=precision, accelerator=CPUAccelerator())
+    message = records.emulated_bf16(trainer)
+    assert (message is not None) == warned
+    if warned:
+        assert "trainer.precision=32-true" in message and "bf16_isa.py" in message
