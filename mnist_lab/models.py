@@ -11,6 +11,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from mnist_lab.errors import ConfigError
+
 
 def _pool_relu() -> list[nn.Module]:
     # Max-pool before ReLU: ReLU is monotone, so max(relu(x)) == relu(max(x)) bit for bit
@@ -66,6 +68,52 @@ class CNN(nn.Module):
         x = self.conv1(x)  # (B, c1, 14, 14)
         x = self.conv2(x)  # (B, c2, 7, 7)
         x = self.fc1(x)  # (B, hidden)
+        return self.head(x)  # (B, num_classes)
+
+
+class ConvNet(nn.Module):
+    """A VGG-style stack for accuracy over speed: (B, in_channels, 28, 28) -> (B, num_classes).
+
+    Each block is one or more 3x3 conv -> batch norm -> ReLU layers (padding 1, so the size
+    holds) closed by a 2x2 max-pool; block i is the layer group `conv{i}`, so with two blocks
+    the strategies written for the CNN (`frozen: [conv1, conv2]`) apply unchanged. The default
+    `blocks=[[32, 32], [64, 64]]` is 28 -> 14 -> 7, then fc1 (64*7*7 -> hidden) and the head.
+    Up to 4 blocks (28 -> 14 -> 7 -> 3 -> 1).
+    """
+
+    def __init__(
+        self,
+        in_channels: int = 1,
+        num_classes: int = 10,
+        blocks: list[list[int]] = [[32, 32], [64, 64]],  # noqa: B006 - never mutated; the YAML's shape
+        hidden: int = 256,
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        if not 1 <= len(blocks) <= 4 or not all(blocks) or any(w < 1 for ws in blocks for w in ws):
+            raise ConfigError(
+                f"model.blocks is {blocks}; it must be 1 to 4 blocks (each 2x2 pool halves 28 -> 14 -> 7 -> 3 -> 1), "
+                "each a non-empty list of conv widths >= 1, e.g. [[32, 32], [64, 64]]."
+            )
+        width = in_channels
+        for i, widths in enumerate(blocks, 1):
+            layers: list[nn.Module] = []
+            for j, out in enumerate(widths):
+                # bias is redundant in front of batch norm (it is subtracted out again).
+                layers += [nn.Conv2d(width, out, 3, padding=1, bias=False), nn.BatchNorm2d(out)]
+                layers += _pool_relu() if j == len(widths) - 1 else [nn.ReLU(inplace=True)]
+                width = out
+            setattr(self, f"conv{i}", nn.Sequential(*layers))
+        side = 28 >> len(blocks)
+        self.fc1 = nn.Sequential(
+            nn.Flatten(), nn.Linear(width * side * side, hidden), nn.ReLU(inplace=True), nn.Dropout(dropout)
+        )
+        self.head = nn.Linear(hidden, num_classes)
+        self.group_names = (*(f"conv{i}" for i in range(1, len(blocks) + 1)), "fc1", "head")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for name in self.group_names[:-1]:
+            x = getattr(self, name)(x)  # conv blocks: (B, width, 28 >> i, 28 >> i); fc1: (B, hidden)
         return self.head(x)  # (B, num_classes)
 
 

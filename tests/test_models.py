@@ -7,10 +7,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mnist_lab.models import CNN, MLP, LeNet5
+from mnist_lab.errors import ConfigError
+from mnist_lab.models import CNN, MLP, ConvNet, LeNet5
 
 
-@pytest.mark.parametrize("model_class", [CNN, MLP, LeNet5])
+@pytest.mark.parametrize("model_class", [CNN, MLP, LeNet5, ConvNet])
 @pytest.mark.parametrize("num_classes", [10, 26])
 def test_forward_shape_and_groups(model_class, num_classes):
     model = model_class(num_classes=num_classes)
@@ -58,3 +59,33 @@ def test_cnn_options():
     model = CNN(conv1_channels=8, conv2_channels=16, hidden=32, dropout=0.5, batch_norm=True)
     assert any(isinstance(m, nn.BatchNorm2d) for m in model.conv1)
     assert model(torch.randn(3, 1, 28, 28)).shape == (3, 10)
+
+
+@pytest.mark.parametrize("blocks", [[[8]], [[8, 8], [16, 16]], [[4], [4, 8], [8], [8]]])
+def test_convnet_blocks_are_layer_groups(blocks):
+    model = ConvNet(blocks=blocks, hidden=16)
+    assert model.group_names == (*(f"conv{i}" for i in range(1, len(blocks) + 1)), "fc1", "head")
+    assert model(torch.randn(2, 1, 28, 28)).shape == (2, 10)
+    for i, widths in enumerate(blocks, 1):
+        convs = [m for m in getattr(model, f"conv{i}") if isinstance(m, nn.Conv2d)]
+        assert [c.out_channels for c in convs] == widths and all(c.kernel_size == (3, 3) for c in convs)
+    side = 28 >> len(blocks)  # one 2x2 pool per block
+    assert model.fc1[1].in_features == blocks[-1][-1] * side * side
+
+
+def test_convnet_default_keeps_the_cnn_group_names():
+    """Two blocks: the CNN's strategies (frozen: [conv1, conv2]) apply unchanged."""
+    from hydra.utils import instantiate
+
+    from tests.conftest import compose_config
+
+    cfg = compose_config(["model=convnet", "finetune=freeze_conv"])
+    net = instantiate(cfg.model)
+    assert net.group_names == CNN.group_names
+    instantiate(cfg.finetune).bind(net)
+
+
+@pytest.mark.parametrize("blocks", [[], [[]], [[8]] * 5, [[8, 0]]])
+def test_convnet_refuses_impossible_blocks(blocks):
+    with pytest.raises(ConfigError, match="model.blocks"):
+        ConvNet(blocks=blocks)
