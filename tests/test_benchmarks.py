@@ -144,3 +144,55 @@ def test_eval_batch_smoke():
     rows = [ln.split() for ln in result.stdout.splitlines() if ln.strip() and ln.split()[0].isdigit()]
     assert [r[0] for r in rows] == ["64", "128"]
     assert all(float(r[1]) > 0 and float(r[2]) > 0 for r in rows)
+
+
+def test_speedrun_benchmark_smoke(tmp_path):
+    out = tmp_path / "speedrun.json"
+    result = subprocess.run(
+        [sys.executable, "benchmarks/speedrun.py", "--seeds", "1", "--article-reps", "1", "--limit-batches", "3"]
+        + ["--preset", "speedrun_bf16", "--json", str(out)],
+        cwd=ROOT_DIR,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "article loop: median epoch" in result.stdout and "not met" in result.stdout  # 3 batches reach no 99%
+    recorded = json.loads(out.read_text())
+    assert recorded["machine"]["cpu_cores"] >= 1 and recorded["article_epoch_s"] > 0
+    (row,) = recorded["summary"]
+    assert row["preset"] == "speedrun_bf16" and row["median_train_s"] > 0 and row["targets_met"] is False
+    assert row["ratio_vs_article_epoch"] == row["median_train_s"] / recorded["article_epoch_s"]
+    (run,) = recorded["runs"]["speedrun_bf16"]
+    assert run["precision"] == "bf16-mixed"  # the preset's own config reached train(cfg)
+
+
+def test_speedrun_benchmark_spreads_the_article_runs():
+    sys.path.insert(0, str(ROOT_DIR / "benchmarks"))
+    try:
+        from speedrun import plan
+    finally:
+        sys.path.pop(0)
+    order = plan(["a", "b"], seeds=3, article_reps=2)
+    assert order == [("article", 0), ("a", 0), ("b", 0), ("a", 1), ("article", 1), ("b", 1), ("a", 2), ("b", 2)]
+
+
+def test_bf16_isa_smoke(tmp_path):
+    out = tmp_path / "isa.json"
+    result = subprocess.run(
+        [sys.executable, "benchmarks/bf16_isa.py", "--isa", "native", "--blocks", "1", "--steps", "2"]
+        + ["--json", str(out)],
+        cwd=ROOT_DIR,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    recorded = json.loads(out.read_text())
+    results = recorded["results"]
+    assert [r["isa"] for r in results] == ["native", "native"]
+    for r in results:
+        assert r["fp32_ms"] > 0 and r["bf16_ms"] > 0
+        # ONEDNN_VERBOSE named the implementations; an AVX2-only CPU has no oneDNN bf16 convolution
+        if recorded["machine"]["torch_cpu_capability"] == "AVX512":
+            assert r["bf16_conv_kernels"] and all(":" in k for k in r["bf16_conv_kernels"])
