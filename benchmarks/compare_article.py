@@ -24,9 +24,7 @@ from __future__ import annotations
 import argparse
 import gzip
 import json
-import resource
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -34,12 +32,7 @@ from pathlib import Path
 
 # benchmarks/ is the script's directory, so its modules import by name.
 from roofline import dtype_of, matmul_dtype, matmul_gflops, train_flops_per_image
-
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def peak_rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+from workers import ROOT, emit, run_worker
 
 
 def run_article(epochs: int, limit_batches: int | None, seed: int) -> dict:
@@ -166,22 +159,23 @@ def worker(args: argparse.Namespace) -> None:
         result = run_article(args.epochs, args.limit_batches, args.seed)
     else:
         result = run_mnist_lab(args.epochs, args.limit_batches, args.seed, json.loads(args.overrides))
-    result["peak_rss_mib"] = peak_rss_mib()
-    print("RESULT " + json.dumps(result))
+    emit(result)
 
 
-def spawn(kind: str, args: argparse.Namespace, seed: int, overrides: list[str] = ()) -> dict:
-    cmd = [sys.executable, __file__, "--worker", kind, "--epochs", str(args.epochs), "--seed", str(seed)]
-    cmd += ["--overrides", json.dumps(list(overrides))]
-    if args.limit_batches:
-        cmd += ["--limit-batches", str(args.limit_batches)]
-    if args.threads:
-        cmd += ["--threads", str(args.threads)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
-    if proc.returncode != 0 or not lines:
-        raise SystemExit(f"{kind} run failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
-    return json.loads(lines[-1][len("RESULT ") :])
+def spawn(
+    kind: str,
+    seed: int,
+    overrides: list[str] = (),
+    *,
+    epochs: int,
+    limit_batches: int | None = None,
+    threads: int | None = None,
+) -> dict:
+    """One run of `kind` ("article" or "mnist_lab", with its config overrides) in a fresh process."""
+    args = ["--worker", kind, "--epochs", epochs, "--seed", seed, "--overrides", json.dumps(list(overrides))]
+    args += ["--limit-batches", limit_batches] if limit_batches else []
+    args += ["--threads", threads] if threads else []
+    return run_worker(__file__, *args, name=f"{kind} run")
 
 
 def summarise(name: str, runs: list[dict], matmul: dict[str, float]) -> dict:
@@ -222,12 +216,13 @@ def main() -> None:
     results: dict[str, list[dict]] = {name: [] for name, _ in plan}
     # The roofline: a matmul's rate in each dtype of the plan (fp32, bf16), timed once per repetition.
     mm: dict[str, list[float]] = {dtype: [] for dtype in dict.fromkeys(dtype_of(o) for _, o in plan)}
+    run = {"epochs": args.epochs, "limit_batches": args.limit_batches, "threads": args.threads}
     for rep in range(args.reps):
         for name, overrides in plan:  # alternate, so machine noise hits every contender alike
             kind = "article" if name == "article" else "mnist_lab"
             # Repetition r runs seed + r for every contender: the same seeds side by side, and
             # the accuracies are a mean over seeds rather than one seed's draw repeated.
-            r = spawn(kind, args, args.seed + rep, overrides)
+            r = spawn(kind, args.seed + rep, overrides, **run)
             results[name].append(r)
             print(
                 f"rep {rep + 1} {name:<40} median epoch {statistics.median(r['epoch_seconds']):6.2f} s  "

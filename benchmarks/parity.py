@@ -22,16 +22,15 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 # benchmarks/ is the script's directory, so its modules import by name.
-from compare_article import peak_rss_mib, run_mnist_lab
+from compare_article import run_mnist_lab
 from roofline import matmul_dtype, matmul_gflops, train_flops_per_image
+from workers import emit, run_worker
 
-ROOT = Path(__file__).resolve().parent.parent
 LOG_EVERY = 200  # the trainer's log_every_n_steps: the plain loop reads its loss as often
 
 
@@ -98,20 +97,14 @@ def worker(args: argparse.Namespace) -> None:
         result = run_plain(args.epochs, args.limit_batches, args.seed, args.precision[0])
     else:
         result = run_mnist_lab(args.epochs, args.limit_batches, args.seed, [f"trainer.precision={args.precision[0]}"])
-    result["peak_rss_mib"] = peak_rss_mib()
-    print("RESULT " + json.dumps(result))
+    emit(result)
 
 
-def spawn(kind: str, args: argparse.Namespace, seed: int, precision: str) -> dict:
-    cmd = [sys.executable, __file__, "--worker", kind, "--epochs", str(args.epochs), "--seed", str(seed)]
-    cmd += ["--precision", precision]
-    if args.limit_batches:
-        cmd += ["--limit-batches", str(args.limit_batches)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
-    if proc.returncode != 0 or not lines:
-        raise SystemExit(f"{kind} {precision} run failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
-    return json.loads(lines[-1][len("RESULT ") :])
+def spawn(kind: str, seed: int, precision: str, *, epochs: int, limit_batches: int | None) -> dict:
+    """One run of `kind` ("plain" or "mnist_lab") in `precision`, in a fresh process."""
+    args = ["--worker", kind, "--epochs", epochs, "--seed", seed, "--precision", precision]
+    args += ["--limit-batches", limit_batches] if limit_batches else []
+    return run_worker(__file__, *args, name=f"{kind} {precision} run")
 
 
 def main() -> None:
@@ -133,7 +126,7 @@ def main() -> None:
         for precision in args.precision:
             # Alternate which side runs first, so a slow spell of the shared machine hits both alike.
             for kind in ("plain", "mnist_lab") if rep % 2 == 0 else ("mnist_lab", "plain"):
-                r = spawn(kind, args, args.seed + rep, precision)
+                r = spawn(kind, args.seed + rep, precision, epochs=args.epochs, limit_batches=args.limit_batches)
                 runs[precision][kind].append(r)
                 print(
                     f"rep {rep + 1} {precision:<10} {kind:<9} median epoch {statistics.median(r['epoch_seconds']):6.2f} s"

@@ -14,18 +14,13 @@ once before the points (median of 5; printed on the machine line).
 from __future__ import annotations
 
 import argparse
-import json
-import resource
 import statistics
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
 # benchmarks/ is the script's directory, so its modules import by name.
 from roofline import dtype_of, matmul_gflops, train_flops_per_image
-
-ROOT = Path(__file__).resolve().parent.parent
+from workers import emit, run_worker
 
 
 def worker(train_size: int, batch_size: int, epochs: int, overrides: list[str]) -> None:
@@ -53,19 +48,15 @@ def worker(train_size: int, batch_size: int, epochs: int, overrides: list[str]) 
         )
     metrics = train(cfg)
     epoch_s = statistics.median(metrics["epoch_seconds"])
-    print(
-        "RESULT "
-        + json.dumps(
-            {
-                "train_size": train_size,
-                "batch_size": batch_size,
-                "median_epoch_s": epoch_s,
-                "images_per_s": train_size / epoch_s,
-                "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-                "test_acc": metrics["test/acc"],
-                "train_flops_per_image": train_flops_per_image(instantiate(cfg.model), cfg.model.get("in_channels", 1)),
-            }
-        )
+    emit(
+        {
+            "train_size": train_size,
+            "batch_size": batch_size,
+            "median_epoch_s": epoch_s,
+            "images_per_s": train_size / epoch_s,
+            "test_acc": metrics["test/acc"],
+            "train_flops_per_image": train_flops_per_image(instantiate(cfg.model), cfg.model.get("in_channels", 1)),
+        }
     )
 
 
@@ -91,13 +82,8 @@ def main() -> None:
         f"{'test acc':>8}"
     )
     for n, b in points:
-        cmd = [sys.executable, __file__, "--worker", str(n), str(b), "--epochs", str(args.epochs)]
-        cmd += [f"--override={o}" for o in args.override]
-        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
-        lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
-        if proc.returncode != 0 or not lines:
-            raise SystemExit(f"point ({n}, {b}) failed:\n{proc.stderr[-3000:]}")
-        r = json.loads(lines[-1][7:])
+        overrides = [f"--override={o}" for o in args.override]
+        r = run_worker(__file__, "--worker", n, b, "--epochs", args.epochs, *overrides, name=f"point ({n}, {b})")
         gflops = r["train_flops_per_image"] * r["images_per_s"] / 1e9
         print(
             f"{n:>12} {b:>6} {r['median_epoch_s']:8.2f} {r['images_per_s']:8.0f} {gflops:8.1f} {gflops / matmul:6.2f} "

@@ -59,16 +59,18 @@ def main() -> None:
     p.add_argument("--json", type=Path, default=None, help="also write the summary here")
     args = p.parse_args()
     presets = args.preset or ["speedrun"]
-    args.epochs = 1  # what compare_article's spawn reads: one epoch for the article, the presets' own is 1
+    # One epoch: the article's loop, and trainer.max_epochs of each preset (the speed runs' own;
+    # an override in --preset comes later and wins).
+    run = {"epochs": 1, "limit_batches": args.limit_batches, "threads": args.threads}
 
     results: dict[str, list[dict]] = {name: [] for name in ["article", *presets]}
     for name, seed in plan(presets, args.seeds, args.article_reps):
         if name == "article":
-            r = spawn("article", args, seed)
+            r = spawn("article", seed, **run)
             print(f"article loop, rep {seed + 1}: epoch {r['epoch_seconds'][0]:.2f} s", flush=True)
         else:
             preset, *overrides = name.split()
-            r = spawn("mnist_lab", args, seed, [f"experiment={preset}", *overrides])
+            r = spawn("mnist_lab", seed, [f"experiment={preset}", *overrides], **run)
             print(
                 f"{name} seed {seed}: train {r['train_seconds']:.2f} s (test {r['test_seconds']:.2f} s)  "
                 f"test acc {r['test_acc']:.4f}",

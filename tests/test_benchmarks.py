@@ -2,32 +2,26 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import subprocess
 import sys
 
+import pytest
+
 from mnist_lab import ROOT_DIR
+
+
+def run_benchmark(script: str, *args: str) -> subprocess.CompletedProcess:
+    """`python benchmarks/<script> args...` from the repository root, its output captured."""
+    cmd = [sys.executable, f"benchmarks/{script}", *args]
+    return subprocess.run(cmd, cwd=ROOT_DIR, capture_output=True, text=True, timeout=600)
 
 
 def test_compare_article_smoke(tmp_path):
     out = tmp_path / "summary.json"
-    result = subprocess.run(
-        [
-            sys.executable,
-            "benchmarks/compare_article.py",
-            "--reps",
-            "1",
-            "--epochs",
-            "1",
-            "--limit-batches",
-            "5",
-            "--json",
-            str(out),
-        ],
-        cwd=ROOT_DIR,
-        capture_output=True,
-        text=True,
-        timeout=600,
+    result = run_benchmark(
+        "compare_article.py", "--reps", "1", "--epochs", "1", "--limit-batches", "5", "--json", str(out)
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "ratio" in result.stdout
@@ -44,24 +38,7 @@ def test_compare_article_smoke(tmp_path):
 
 def test_parity_smoke(tmp_path):
     out = tmp_path / "parity.json"
-    result = subprocess.run(
-        [
-            sys.executable,
-            "benchmarks/parity.py",
-            "--reps",
-            "1",
-            "--epochs",
-            "1",
-            "--limit-batches",
-            "5",
-            "--json",
-            str(out),
-        ],
-        cwd=ROOT_DIR,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    result = run_benchmark("parity.py", "--reps", "1", "--epochs", "1", "--limit-batches", "5", "--json", str(out))
     assert result.returncode == 0, result.stderr[-3000:]
     for precision in ("32-true", "bf16-mixed"):
         assert f"overhead {precision}: " in result.stdout and "% of the plain loop's epoch" in result.stdout
@@ -77,13 +54,7 @@ def test_parity_smoke(tmp_path):
 
 
 def test_scaling_smoke():
-    result = subprocess.run(
-        [sys.executable, "benchmarks/scaling.py", "--sizes", "640", "--batches", "64", "128", "--epochs", "1"],
-        cwd=ROOT_DIR,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    result = run_benchmark("scaling.py", "--sizes", "640", "--batches", "64", "128", "--epochs", "1")
     assert result.returncode == 0, result.stderr[-3000:]
     machine, header, *lines = result.stdout.splitlines()
     assert machine.startswith("machine: ") and "torch_cpu_capability" in machine
@@ -94,25 +65,7 @@ def test_scaling_smoke():
 
 
 def test_widths_smoke():
-    result = subprocess.run(
-        [
-            sys.executable,
-            "benchmarks/widths.py",
-            "--widths",
-            "16/32",
-            "8/16",
-            "--batches",
-            "32",
-            "--steps",
-            "2",
-            "--reps",
-            "1",
-        ],
-        cwd=ROOT_DIR,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    result = run_benchmark("widths.py", "--widths", "16/32", "8/16", "--batches", "32", "--steps", "2", "--reps", "1")
     assert result.returncode == 0, result.stderr[-3000:]
     rows = [ln.split() for ln in result.stdout.splitlines()[3:]]  # after the machine, torch and header lines
     assert [(r[0], r[1]) for r in rows] == [("16/32", "32"), ("8/16", "32")]
@@ -122,24 +75,12 @@ def test_widths_smoke():
 
 
 def test_widths_names_a_malformed_width():
-    result = subprocess.run(
-        [sys.executable, "benchmarks/widths.py", "--widths", "16x32"],
-        cwd=ROOT_DIR,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    result = run_benchmark("widths.py", "--widths", "16x32")
     assert result.returncode != 0 and "16x32" in result.stderr
 
 
 def test_eval_batch_smoke():
-    result = subprocess.run(
-        [sys.executable, "benchmarks/eval_batch.py", "--batches", "64", "128", "--reps", "1", "--limit", "2"],
-        cwd=ROOT_DIR,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    result = run_benchmark("eval_batch.py", "--batches", "64", "128", "--reps", "1", "--limit", "2")
     assert result.returncode == 0, result.stderr[-3000:]
     rows = [ln.split() for ln in result.stdout.splitlines() if ln.strip() and ln.split()[0].isdigit()]
     assert [r[0] for r in rows] == ["64", "128"]
@@ -148,14 +89,8 @@ def test_eval_batch_smoke():
 
 def test_speedrun_benchmark_smoke(tmp_path):
     out = tmp_path / "speedrun.json"
-    result = subprocess.run(
-        [sys.executable, "benchmarks/speedrun.py", "--seeds", "1", "--article-reps", "1", "--limit-batches", "3"]
-        + ["--preset", "speedrun_bf16", "--json", str(out)],
-        cwd=ROOT_DIR,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    args = "--seeds 1 --article-reps 1 --limit-batches 3 --preset speedrun_bf16".split()
+    result = run_benchmark("speedrun.py", *args, "--json", str(out))
     assert result.returncode == 0, result.stderr[-3000:]
     assert "article loop: median epoch" in result.stdout and "not met" in result.stdout  # 3 batches reach no 99%
     recorded = json.loads(out.read_text())
@@ -167,26 +102,24 @@ def test_speedrun_benchmark_smoke(tmp_path):
     assert run["precision"] == "bf16-mixed"  # the preset's own config reached train(cfg)
 
 
-def test_speedrun_benchmark_spreads_the_article_runs():
+def benchmark_module(name: str):
+    """A module of benchmarks/, imported as the scripts import each other (by name)."""
     sys.path.insert(0, str(ROOT_DIR / "benchmarks"))
     try:
-        from speedrun import plan
+        return importlib.import_module(name)
     finally:
         sys.path.pop(0)
+
+
+def test_speedrun_benchmark_spreads_the_article_runs():
+    plan = benchmark_module("speedrun").plan
     order = plan(["a", "b"], seeds=3, article_reps=2)
     assert order == [("article", 0), ("a", 0), ("b", 0), ("a", 1), ("article", 1), ("b", 1), ("a", 2), ("b", 2)]
 
 
 def test_bf16_isa_smoke(tmp_path):
     out = tmp_path / "isa.json"
-    result = subprocess.run(
-        [sys.executable, "benchmarks/bf16_isa.py", "--isa", "native", "--blocks", "1", "--steps", "2"]
-        + ["--json", str(out)],
-        cwd=ROOT_DIR,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    result = run_benchmark("bf16_isa.py", "--isa", "native", "--blocks", "1", "--steps", "2", "--json", str(out))
     assert result.returncode == 0, result.stderr[-3000:]
     recorded = json.loads(out.read_text())
     results = recorded["results"]
@@ -196,3 +129,13 @@ def test_bf16_isa_smoke(tmp_path):
         # ONEDNN_VERBOSE named the implementations; an AVX2-only CPU has no oneDNN bf16 convolution
         if recorded["machine"]["torch_cpu_capability"] == "AVX512":
             assert r["bf16_conv_kernels"] and all(":" in k for k in r["bf16_conv_kernels"])
+
+
+def test_a_failing_worker_stops_the_benchmark_with_its_stderr(tmp_path):
+    workers = benchmark_module("workers")
+    script = tmp_path / "worker.py"
+    script.write_text("import sys\nprint('no result')\nsys.exit('bad override: trainer.max_epochs=x')\n")
+    with pytest.raises(SystemExit, match=r"(?s)article run failed \(exit 1\):.*trainer.max_epochs=x"):
+        workers.run_worker(script, "--worker", "article", name="article run")
+    script.write_text("print('RESULT {\"epoch_seconds\": [1.5]}')\n")
+    assert workers.run_worker(script, name="article run") == {"epoch_seconds": [1.5]}

@@ -1,0 +1,41 @@
+"""What the benchmarks that run each contender in a fresh process share: start one, read its result.
+
+A worker is the benchmark script itself run with its hidden `--worker` arguments; it ends with
+`emit(result)`, one `RESULT {json}` line on stdout, and the parent's `run_worker` returns that
+dict. A fresh process per run keeps one contender's allocator, thread pool and oneDNN kernel
+cache from warming the next one's.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PREFIX = "RESULT "
+
+
+def peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def emit(result: dict) -> None:
+    """The worker's last word: its result and the process's peak resident memory, as one stdout line."""
+    print(PREFIX + json.dumps({**result, "peak_rss_mib": peak_rss_mib()}), flush=True)
+
+
+def run_worker(script: str | Path, *args: object, name: str) -> dict:
+    """Run `python script *args` from the repository root and return what it emitted.
+
+    A worker that fails, or ends without a result, stops the benchmark with `name`, its exit
+    status and the tail of its stderr.
+    """
+    cmd = [sys.executable, str(script), *map(str, args)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(PREFIX)]
+    if proc.returncode != 0 or not lines:
+        raise SystemExit(f"{name} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
+    return json.loads(lines[-1][len(PREFIX) :])
