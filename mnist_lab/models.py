@@ -88,6 +88,7 @@ class ConvNet(nn.Module):
         blocks: list[list[int]] = [[32, 32], [64, 64]],  # noqa: B006 - never mutated; the YAML's shape
         hidden: int = 256,
         dropout: float = 0.0,
+        block_dropout: float = 0.0,
     ) -> None:
         super().__init__()
         if not 1 <= len(blocks) <= 4 or not all(blocks) or any(w < 1 for ws in blocks for w in ws):
@@ -103,6 +104,9 @@ class ConvNet(nn.Module):
                 layers += [nn.Conv2d(width, out, 3, padding=1, bias=False), nn.BatchNorm2d(out)]
                 layers += _pool_relu() if j == len(widths) - 1 else [nn.ReLU(inplace=True)]
                 width = out
+            if block_dropout:
+                # Appended last, so the conv/BN indices (and checkpoints' keys) do not move.
+                layers.append(nn.Dropout(block_dropout))
             setattr(self, f"conv{i}", nn.Sequential(*layers))
         side = 28 >> len(blocks)
         self.fc1 = nn.Sequential(

@@ -73,6 +73,18 @@ def test_convnet_blocks_are_layer_groups(blocks):
     assert model.fc1[1].in_features == blocks[-1][-1] * side * side
 
 
+def test_convnet_block_dropout_keeps_the_checkpoint_keys():
+    """Dropout closes each block, so weights trained without it load into a net with it."""
+    plain, dropped = ConvNet(hidden=16), ConvNet(hidden=16, block_dropout=0.5)
+    dropped.load_state_dict(plain.state_dict())  # strict: same keys, same shapes
+    assert [type(m) for m in dropped.conv1][-1] is nn.Dropout and dropped.conv2[-1].p == 0.5
+    x = torch.randn(4, 1, 28, 28)
+    plain.eval(), dropped.eval()
+    assert torch.equal(plain(x), dropped(x))  # dropout is the identity in eval
+    dropped.train()
+    assert not torch.equal(dropped(x), dropped(x))
+
+
 def test_convnet_default_keeps_the_cnn_group_names():
     """Two blocks: the CNN's strategies (frozen: [conv1, conv2]) apply unchanged."""
     from hydra.utils import instantiate
