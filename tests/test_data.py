@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from mnist_lab.data import DigitsDataModule, IDXSource, RandomAffine, TensorBatches
+from mnist_lab.data import DigitsDataModule, IDXSource, RandomAffine, RandomElastic, TensorBatches
 from mnist_lab.errors import ConfigError, DataError
 from tests.conftest import MNIST_DIR
 
@@ -216,6 +216,40 @@ def test_random_affine_is_per_sample_and_keeps_shape():
     assert out.shape == x.shape
     assert len({tuple(o.flatten().round(decimals=3).tolist()) for o in out}) == 16  # all different
     assert torch.equal(RandomAffine()(x), x) or torch.allclose(RandomAffine()(x), x, atol=1e-6)
+
+
+def test_random_elastic_bends_each_image_by_a_few_pixels():
+    torch.manual_seed(0)
+    x = torch.zeros(64, 1, 28, 28)
+    x[:, :, 6:22, 12:16] = 1.0
+    elastic = RandomElastic(alpha=34, sigma=4)
+    identity = RandomAffine().grid(x)
+    shift = (elastic.grid(x) - identity) * 14  # grid units -> pixels (28 pixels span 2)
+    # Uniform [-1, 1] noise (std 0.58) smoothed by a sigma-4 Gaussian keeps about 1/sqrt(4 pi 16)
+    # of its std; times alpha=34: about 1.4 pixels. A units slip (x14 or /14) falls far outside.
+    assert 0.7 < shift.std().item() < 2.5
+    # smooth: neighbouring pixels move almost alike, unlike the raw noise
+    assert (shift[:, 1:] - shift[:, :-1]).abs().mean() < 0.2 * shift.abs().mean()
+    out = elastic(x)
+    assert out.shape == x.shape and not torch.equal(out[0], out[1])  # one field per image
+    # Bent, not erased: a field stretches some strokes and squeezes others (the ink of one image
+    # moves by up to about 1.7x either way here), but on average it keeps the ink.
+    ink = out.sum((1, 2, 3)) / x.sum((1, 2, 3))
+    assert 0.85 < ink.mean().item() < 1.15 and ink.min().item() > 0.3
+
+
+def test_random_elastic_without_alpha_is_the_affine_part():
+    x = torch.rand(8, 1, 28, 28)
+    torch.manual_seed(1)
+    affine = RandomAffine(degrees=10, translate=0.1)(x)
+    torch.manual_seed(1)
+    assert torch.equal(RandomElastic(alpha=0, degrees=10, translate=0.1)(x), affine)
+
+
+@pytest.mark.parametrize("kwargs", [{"alpha": -1.0}, {"sigma": 0.0}])
+def test_random_elastic_bad_values(kwargs):
+    with pytest.raises(ConfigError, match="alpha .* must be >= 0 and sigma"):
+        RandomElastic(**kwargs)
 
 
 def test_random_affine_bad_values():

@@ -17,6 +17,7 @@ _HOMES = {
     "stratified_subset": "datamodule",
     "TensorBatches": "batches",
     "RandomAffine": "augment",
+    "RandomElastic": "augment",
     "IDXSource": "idx",
     "read_idx": "idx",
     "Splits": "sources",

@@ -7,6 +7,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torchvision.transforms.v2.functional import gaussian_blur
 
 from mnist_lab.errors import ConfigError
 
@@ -34,6 +35,10 @@ class RandomAffine(torch.nn.Module):
         self.degrees, self.translate, self.scale = degrees, translate, tuple(scale)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.grid_sample(x, self.grid(x), mode="bilinear", padding_mode="zeros", align_corners=False)
+
+    def grid(self, x: torch.Tensor) -> torch.Tensor:
+        """Where each output pixel reads the input: (B, H, W, 2), x then y, in [-1, 1] grid units."""
         b = x.shape[0]
         kw: dict[str, Any] = dict(device=x.device, dtype=x.dtype)
         angle = (torch.rand(b, **kw) * 2 - 1) * math.radians(self.degrees)
@@ -42,5 +47,49 @@ class RandomAffine(torch.nn.Module):
         # theta maps output coordinates to input ones, hence the inverse zoom.
         cos, sin = torch.cos(angle) / zoom, torch.sin(angle) / zoom
         theta = torch.stack([torch.stack([cos, -sin, shift[:, 0]], 1), torch.stack([sin, cos, shift[:, 1]], 1)], 1)
-        grid = F.affine_grid(theta, list(x.shape), align_corners=False)
-        return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+        return F.affine_grid(theta, list(x.shape), align_corners=False)
+
+
+class RandomElastic(RandomAffine):
+    """RandomAffine followed by an elastic distortion (Simard et al. 2003), in the same resampling.
+
+    Each image gets its own displacement field: uniform noise in [-1, 1] per pixel and axis,
+    smoothed by a Gaussian of `sigma` pixels and scaled by `alpha` pixels, so strokes bend
+    locally the way handwriting varies, which an affine map cannot do. torchvision's
+    v2.ElasticTransform draws one field per call (every image of a batch bent alike), hence
+    this batched version; the field is added to the affine grid, so the image is interpolated
+    once.
+
+    Args:
+        alpha: strength of the displacement, in pixels (0: the affine part only).
+        sigma: smoothness of the displacement (the Gaussian's standard deviation), in pixels.
+        degrees, translate, scale: the affine part, as in RandomAffine.
+    """
+
+    def __init__(
+        self,
+        alpha: float = 34.0,
+        sigma: float = 4.0,
+        degrees: float = 0.0,
+        translate: float = 0.0,
+        scale: tuple[float, float] = (1.0, 1.0),
+    ):
+        super().__init__(degrees, translate, scale)
+        if alpha < 0 or sigma <= 0:
+            raise ConfigError(
+                f"data.augment has alpha={alpha}, sigma={sigma}; alpha (pixels of displacement) must be >= 0 "
+                "and sigma (pixels of smoothing) > 0, e.g. alpha=34, sigma=4 as in Simard et al. 2003."
+            )
+        self.alpha, self.sigma = alpha, sigma
+
+    def grid(self, x: torch.Tensor) -> torch.Tensor:
+        grid = super().grid(x)
+        if not self.alpha:
+            return grid
+        b, _, h, w = x.shape
+        noise = torch.rand(b, 2, h, w, device=x.device, dtype=x.dtype) * 2 - 1
+        # +-3 sigma, at most what the image holds (the blur pads by reflection, less than a side).
+        size = min(2 * math.ceil(3 * self.sigma) + 1, 2 * ((min(h, w) - 1) // 2) + 1)
+        field = gaussian_blur(noise, [size, size], [self.sigma, self.sigma])  # (B, 2, H, W): x, y
+        pixel = torch.tensor([2 / w, 2 / h], device=x.device, dtype=x.dtype)  # one pixel in grid units
+        return grid + field.permute(0, 2, 3, 1) * (self.alpha * pixel)

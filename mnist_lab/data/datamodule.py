@@ -34,7 +34,7 @@ class DigitsDataModule(pl.LightningDataModule):
         labels_per_class: keep only this many training images per class (stratified), or null.
         train_size: keep only the first N training images after the split, or null (tests, scaling).
         mean, std: normalisation of [0, 1] pixels, as the article's Normalize(0.1307, 0.3081).
-        augment: a RandomAffine applied to training batches, or null.
+        augment: a RandomAffine (or RandomElastic) applied to training batches, or null.
         on_device: keep all three splits on the training device (e.g. a GPU's memory: MNIST
             as uint8 is 55 MB) and index batches there, so no batch is copied from the host.
             On CPU it changes nothing. The shuffling order is drawn on the CPU as before, so
