@@ -103,10 +103,16 @@ def test_hparams_search_composes_and_searches_existing_keys(name, tmp_path):
     instantiate_run_objects(compose_config([f"hparams_search={name}"], tmp_path), tmp_path)
 
 
-def test_augment_choice_instantiates(tmp_path):
-    cfg = compose_config(["data/augment=affine"], tmp_path)
+AUGMENTS = sorted(p.stem for p in (CONF_DIR / "data" / "augment").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("name", AUGMENTS)
+def test_augment_choice_instantiates(name, tmp_path):
+    cfg = compose_config([f"data/augment={name}"], tmp_path)
     data = instantiate(cfg.data)
     assert data.augment is not None and data.augment.degrees == 10.0
+    x = torch.rand(4, 1, 28, 28)
+    assert data.augment(x).shape == x.shape
 
 
 def test_unknown_choice_lists_the_options(tmp_path):
