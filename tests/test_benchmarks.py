@@ -87,6 +87,14 @@ def test_eval_batch_smoke():
     assert all(float(r[1]) > 0 and float(r[2]) > 0 for r in rows)
 
 
+def test_augment_benchmark_smoke():
+    result = run_benchmark("augment.py", "--reps", "1", "--steps", "1", "--batch", "16")
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = {ln.split()[0]: ln.split()[-2:] for ln in result.stdout.splitlines()[3:]}
+    assert set(rows) == {"training", "affine", "elastic"}  # the step, then every conf/data/augment choice
+    assert rows["training"][1] == "1.00" and all(float(ms) > 0 for ms, _ in rows.values())
+
+
 def test_speedrun_benchmark_smoke(tmp_path):
     out = tmp_path / "speedrun.json"
     args = "--seeds 1 --article-reps 1 --limit-batches 3 --preset speedrun_bf16".split()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import math
 import shutil
 from types import SimpleNamespace
 
@@ -236,6 +237,18 @@ def test_random_elastic_bends_each_image_by_a_few_pixels():
     # moves by up to about 1.7x either way here), but on average it keeps the ink.
     ink = out.sum((1, 2, 3)) / x.sum((1, 2, 3))
     assert 0.85 < ink.mean().item() < 1.15 and ink.min().item() > 0.3
+
+
+@pytest.mark.parametrize("sigma", [0.8, 4.0, 20.0])
+def test_smooth_is_torchvisions_gaussian_blur(sigma):
+    from torchvision.transforms.v2.functional import gaussian_blur
+
+    from mnist_lab.data.augment import smooth
+
+    x = torch.rand(3, 2, 28, 28)
+    radius = min(math.ceil(3 * sigma), 27)
+    expected = gaussian_blur(x, [2 * radius + 1] * 2, [sigma, sigma])
+    torch.testing.assert_close(smooth(x, sigma), expected, atol=1e-5, rtol=1e-5)
 
 
 def test_random_elastic_without_alpha_is_the_affine_part():
