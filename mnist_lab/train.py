@@ -74,8 +74,14 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
     if not cfg.trainer.get("enable_progress_bar", True):  # ... and a progress bar it was told not to show
         callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
+    # No validation images (data.val_size=0): no validation loop, and no val/ score to choose a
+    # checkpoint by, so no ModelCheckpoint on one; Resumable writes last.ckpt every epoch and
+    # the last weights are tested.
+    no_validation = {} if len(datamodule.splits.val_y) else {"limit_val_batches": 0}
+    if no_validation:
+        callbacks = [c for c in callbacks if not (isinstance(c, ModelCheckpoint) and str(c.monitor).startswith("val/"))]
     trainer: pl.Trainer = instantiate(
-        cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=[AtomicCheckpointIO()]
+        cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=[AtomicCheckpointIO()], **no_validation
     )
     if emulated := emulated_bf16(trainer):
         log.warning(emulated)

@@ -176,6 +176,36 @@ def test_sigterm_saves_a_loadable_checkpoint_exits_143_and_resumes_exactly(refer
     assert_same_run(run, reference)
 
 
+class LastCheckpointProbe(pl.Callback):
+    """Test helper: at the start of each epoch after the first, appends last.ckpt's global_step to `log_file`."""
+
+    def __init__(self, log_file: str) -> None:
+        self.log_file = Path(log_file)
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        if trainer.current_epoch > 0:
+            last = Path(trainer.default_root_dir) / "checkpoints" / "last.ckpt"
+            step = torch.load(last, weights_only=True)["global_step"] if last.exists() else None
+            with self.log_file.open("a") as f:
+                f.write(f"{step}\n")
+
+
+def test_every_epoch_is_saved_also_without_validation(tiny_cfg, tmp_path):
+    """data.val_size=0: no validation to save after, so each epoch's end writes last.ckpt; it resumes."""
+    log = tmp_path / "steps.txt"
+    cfg = tiny_cfg(
+        "logger=none",
+        "data.val_size=0",
+        "trainer.max_epochs=3",
+        "+callbacks.probe._target_=tests.test_reliability.LastCheckpointProbe",
+        f"+callbacks.probe.log_file={log}",
+    )
+    metrics = train(cfg)
+    steps = -(-1024 // cfg.data.batch_size)
+    assert log.read_text().split() == [str(steps), str(2 * steps)]  # written by the end of epochs 1 and 2
+    assert metrics["best_checkpoint"] is None and metrics["test/acc"] > 0.1  # the last weights are tested
+
+
 def test_ctrl_c_saves_checkpoint_at_that_step_and_restores_the_handler(tiny_cfg):
     cfg = tiny_cfg(
         "logger=none",

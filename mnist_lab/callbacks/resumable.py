@@ -48,7 +48,8 @@ def parameters_finite(module: torch.nn.Module) -> bool:
 
 
 class Resumable(Checkpoint):
-    """Keeps a run resumable: checkpoints/last.ckpt after every validation, every N steps, at the end and on signals.
+    """Keeps a run resumable: checkpoints/last.ckpt after every validation (or every epoch without one), every N
+    steps, at the end and on signals.
 
     Lightning saves the model, optimizer, scheduler, loop counters, callback states and the
     train loader's position (`TensorBatches.state_dict`); this adds the global RNG states
@@ -73,6 +74,7 @@ class Resumable(Checkpoint):
         self.signum: int | None = None
         self._rng_to_restore: dict[str, Any] | None = None
         self._previous_handlers: dict[int, Any] = {}
+        self._saved_at_step: int | None = None
 
     @property
     def last_path(self) -> Path:
@@ -141,6 +143,7 @@ class Resumable(Checkpoint):
         """Write last.ckpt; stop with RunInterrupted when a signal asked for it."""
         self.check_finite(trainer, pl_module)
         trainer.save_checkpoint(self.last_path, weights_only=False)
+        self._saved_at_step = trainer.global_step
         if self.signum is not None:
             name = signal.Signals(self.signum).name
             raise RunInterrupted(
@@ -159,4 +162,9 @@ class Resumable(Checkpoint):
             self._save(trainer, pl_module)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self.check_finite(trainer, pl_module)
+        # Lightning validates before this hook; an epoch with no validation (data.val_size=0,
+        # check_val_every_n_epoch > 1) has not saved yet, and would otherwise not be resumable.
+        if self._saved_at_step != trainer.global_step:
+            self._save(trainer, pl_module)
+        else:
+            self.check_finite(trainer, pl_module)
