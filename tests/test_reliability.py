@@ -190,9 +190,12 @@ class LastCheckpointProbe(pl.Callback):
                 f.write(f"{step}\n")
 
 
-def test_every_epoch_is_saved_also_without_validation(tiny_cfg, tmp_path):
-    """data.val_size=0: no validation to save after, so each epoch's end writes last.ckpt; it resumes."""
+def test_every_epoch_is_saved_also_without_validation(tiny_cfg, tmp_path, monkeypatch):
+    """data.val_size=0: no validation to save after, so each epoch's end writes last.ckpt, the last one once."""
     log = tmp_path / "steps.txt"
+    saves = []
+    save = pl.Trainer.save_checkpoint
+    monkeypatch.setattr(pl.Trainer, "save_checkpoint", lambda self, *a, **k: (saves.append(a[0]), save(self, *a, **k)))
     cfg = tiny_cfg(
         "logger=none",
         "data.val_size=0",
@@ -203,6 +206,9 @@ def test_every_epoch_is_saved_also_without_validation(tiny_cfg, tmp_path):
     metrics = train(cfg)
     steps = -(-1024 // cfg.data.batch_size)
     assert log.read_text().split() == [str(steps), str(2 * steps)]  # written by the end of epochs 1 and 2
+    last = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
+    assert torch.load(last, weights_only=True)["global_step"] == 3 * steps  # and at the end of training
+    assert len(saves) == 3  # the last epoch's end is not saved twice
     assert metrics["best_checkpoint"] is None and metrics["test/acc"] > 0.1  # the last weights are tested
 
 

@@ -164,7 +164,9 @@ class Resumable(Checkpoint):
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # Lightning validates before this hook; an epoch with no validation (data.val_size=0,
         # check_val_every_n_epoch > 1) has not saved yet, and would otherwise not be resumable.
-        if self._saved_at_step != trainer.global_step:
+        # After the last epoch on_train_end saves: once is enough (a speed run times it).
+        last = trainer.should_stop or trainer.current_epoch + 1 == trainer.max_epochs
+        if self._saved_at_step != trainer.global_step and not last:
             self._save(trainer, pl_module)
         else:
             self.check_finite(trainer, pl_module)
