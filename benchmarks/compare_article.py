@@ -44,7 +44,8 @@ def run_article(epochs: int, limit_batches: int | None, seed: int) -> dict:
     import torchvision.transforms as transforms
 
     torch.manual_seed(seed)
-    # torchvision's MNIST reads uncompressed IDX files from <root>/MNIST/raw.
+    # torchvision's MNIST reads uncompressed IDX files from <root>/MNIST/raw (in the TMPDIR that
+    # workers.run_worker removes after the run).
     root = Path(tempfile.mkdtemp(prefix="article_mnist_"))
     raw = root / "MNIST" / "raw"
     raw.mkdir(parents=True)
@@ -119,7 +120,7 @@ def run_mnist_lab(epochs: int, limit_batches: int | None, seed: int, overrides: 
     from mnist_lab import CONF_DIR
     from mnist_lab.train import train
 
-    out = Path(tempfile.mkdtemp(prefix="bench_mnist_lab_")) / "run"
+    out = Path(tempfile.mkdtemp(prefix="bench_mnist_lab_")) / "run"  # removed by workers.run_worker
     # experiment=seed_baseline unless the overrides name another (benchmarks/speedrun.py).
     experiment = [o for o in overrides if o.startswith("experiment=")] or ["experiment=seed_baseline"]
     args = [

@@ -30,7 +30,7 @@ def worker(train_size: int, batch_size: int, epochs: int, overrides: list[str]) 
     from mnist_lab import CONF_DIR
     from mnist_lab.train import train
 
-    out = Path(tempfile.mkdtemp(prefix="bench_scaling_")) / "run"
+    out = Path(tempfile.mkdtemp(prefix="bench_scaling_")) / "run"  # removed by workers.run_worker
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose(
             "config",

@@ -3,15 +3,19 @@
 A worker is the benchmark script itself run with its hidden `--worker` arguments; it ends with
 `emit(result)`, one `RESULT {json}` line on stdout, and the parent's `run_worker` returns that
 dict. A fresh process per run keeps one contender's allocator, thread pool and oneDNN kernel
-cache from warming the next one's.
+cache from warming the next one's. Each worker gets its own TMPDIR, removed when it ends, so the
+decompressed MNIST copies and run directories it writes there (about 5 MiB to 50 MiB a run) do
+not pile up in /tmp over hundreds of runs, also when a worker fails.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import resource
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -34,7 +38,9 @@ def run_worker(script: str | Path, *args: object, name: str) -> dict:
     status and the tail of its stderr.
     """
     cmd = [sys.executable, str(script), *map(str, args)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+    with tempfile.TemporaryDirectory(prefix="mnist_lab_worker_") as scratch:
+        env = {**os.environ, "TMPDIR": scratch}  # the worker's tempfile.mkdtemp() lands here
+        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(PREFIX)]
     if proc.returncode != 0 or not lines:
         raise SystemExit(f"{name} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")

@@ -6,6 +6,7 @@ import importlib
 import json
 import subprocess
 import sys
+import tempfile
 
 import pytest
 
@@ -147,3 +148,24 @@ def test_a_failing_worker_stops_the_benchmark_with_its_stderr(tmp_path):
         workers.run_worker(script, "--worker", "article", name="article run")
     script.write_text("print('RESULT {\"epoch_seconds\": [1.5]}')\n")
     assert workers.run_worker(script, name="article run") == {"epoch_seconds": [1.5]}
+
+
+def test_a_worker_leaves_nothing_in_tmp(tmp_path, monkeypatch):
+    # hundreds of benchmark runs once filled the disk with their MNIST copies and run directories
+    workers = benchmark_module("workers")
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp))  # where run_worker makes the worker's TMPDIR
+    script = tmp_path / "worker.py"
+    script.write_text(
+        "import json, pathlib, sys, tempfile\n"
+        "d = pathlib.Path(tempfile.mkdtemp(prefix='article_mnist_'))\n"
+        "(d / 'train-images').write_bytes(bytes(1000))\n"
+        "print('RESULT ' + json.dumps({'scratch': str(d)}))\n"
+        "sys.exit(int(sys.argv[1]))\n"
+    )
+    scratch = workers.run_worker(script, "0", name="worker")["scratch"]
+    assert scratch.startswith(str(tmp))  # the worker wrote into its own TMPDIR...
+    with pytest.raises(SystemExit, match="exit 3"):
+        workers.run_worker(script, "3", name="worker")
+    assert list(tmp.iterdir()) == []  # ...which is gone, also after a failing run
