@@ -69,6 +69,15 @@ class Classifier(pl.LightningModule):
         self._loss_sum: torch.Tensor | None = None
         self._loss_count = 0
 
+    def best_val_acc(self) -> float | None:
+        """The best val/acc of the run so far, also of the epochs before a resume; None before any validation.
+
+        Read from the metric's state (restored from the checkpoint), not from what was logged:
+        a run resumed from its last epoch's checkpoint validates no more in the new process.
+        """
+        best = self.val_acc_best.max_value  # MaxMetric's state: -inf until the first update
+        return best.item() if torch.isfinite(best) else None
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)

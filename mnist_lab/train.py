@@ -94,7 +94,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     # Read now: trainer.test(ckpt_path=best) restores callback states from that checkpoint.
     train_seconds = timer.train_seconds()  # resumed runs: all parts together
     epoch_seconds, val_seconds = list(timer.epoch_seconds), list(timer.val_seconds)
-    val_acc_best = trainer.callback_metrics.get("val/acc_best")
+    val_acc_best = module.best_val_acc()
     checkpoint = next((c for c in callbacks if isinstance(c, ModelCheckpoint)), None)
     best = checkpoint.best_model_path if checkpoint is not None and checkpoint.best_model_path else None
     metrics: dict[str, Any] = {}
@@ -105,7 +105,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         metrics["test_seconds"] = time.perf_counter() - start
     metrics.update(
         {
-            "val/acc_best": None if val_acc_best is None else val_acc_best.item(),
+            "val/acc_best": val_acc_best,
             "epochs": trainer.current_epoch,
             "global_steps": trainer.global_step,
             "train_seconds": train_seconds,

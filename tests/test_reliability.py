@@ -75,6 +75,13 @@ class Crash(pl.Callback):
             raise RuntimeError(f"crash at step {self.at_step}")
 
 
+
+class CrashInTest(pl.Callback):
+    """Test helper: raises as the test starts, once training has ended (a kill during the test)."""
+
+    def on_test_start(self, trainer, pl_module) -> None:
+        raise RuntimeError("crash in the test")
+
 def run_main(*args: str) -> int:
     """`python -m mnist_lab args` in this process (no interpreter start-up); returns the exit status."""
     from mnist_lab.__main__ import cli
@@ -336,3 +343,19 @@ def test_fine_tune_state_survives_a_resume(tmp_path, every, crash_at, saved_at):
     a, b = weights(crashed / "checkpoints" / "last.ckpt"), weights(tmp_path / "reference" / "checkpoints" / "last.ckpt")
     for k in a:
         assert torch.equal(a[k], b[k]), k
+
+
+@pytest.mark.parametrize("extra", [[], ["data.val_size=0"]], ids=["validated", "without-validation"])
+def test_a_run_killed_in_its_test_resumes_to_the_test(tmp_path, extra):
+    # The last.ckpt of the last validation (or epoch end) holds the final training state: a
+    # resumed run trains no further and tests the same weights as an uninterrupted run.
+    run = [*RUN, "logger=none", *extra]
+    train(compose_config(run, tmp_path / "reference"))
+    crashed = tmp_path / "crashed"
+    with pytest.raises(RuntimeError, match="crash in the test"):
+        train(compose_config([*run, "+callbacks.crash._target_=tests.test_reliability.CrashInTest"], crashed))
+    last = crashed / "checkpoints" / "last.ckpt"
+    assert torch.load(last, weights_only=True)["global_step"] == 2 * STEPS_PER_EPOCH
+    assert not (crashed / "metrics.json").exists()
+    train(compose_config([*run, f"ckpt_path={last}"], crashed))
+    assert_same_run(crashed, tmp_path / "reference")
