@@ -75,12 +75,12 @@ class Crash(pl.Callback):
             raise RuntimeError(f"crash at step {self.at_step}")
 
 
-
 class CrashInTest(pl.Callback):
     """Test helper: raises as the test starts, once training has ended (a kill during the test)."""
 
     def on_test_start(self, trainer, pl_module) -> None:
         raise RuntimeError("crash in the test")
+
 
 def run_main(*args: str) -> int:
     """`python -m mnist_lab args` in this process (no interpreter start-up); returns the exit status."""
