@@ -80,6 +80,9 @@ def test_ensemble_averages_softmax_of_its_members(trained_run, tmp_path):
     assert twice["test/acc"] == single["test/acc"]
     assert twice["test/acc_members"] == pytest.approx([single["test/acc"]] * 2)
     assert twice["test/loss"] == pytest.approx(single["test/loss"], rel=1e-4)
+    # Two equal members err on the same images, the ensemble on those too.
+    errors = round((1 - single["test/acc"]) * single["num_examples"])
+    assert twice["test/wrong_in_every_member"] == twice["test/wrong_in_some_member"] == errors
     # With the last checkpoint as a second member, each member keeps its own accuracy.
     last = trained_run / "checkpoints" / "last.ckpt"
     pair = evaluate(
@@ -89,3 +92,6 @@ def test_ensemble_averages_softmax_of_its_members(trained_run, tmp_path):
     # Averaging two checkpoints of one run: not worse than the weaker by more than a point. A
     # property of averaging near-identical softmax outputs, whatever the machine's model is.
     assert min(pair["test/acc_members"]) - 0.01 <= pair["test/acc"] <= 1.0
+    n, acc = pair["num_examples"], pair["test/acc_members"]
+    every, some = pair["test/wrong_in_every_member"], pair["test/wrong_in_some_member"]
+    assert every <= round((1 - max(acc)) * n) <= round((1 - min(acc)) * n) <= some  # intersection <= each <= union

@@ -87,6 +87,11 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         "ensemble": [str(find_checkpoint(path)) for path in cfg.get("ensemble") or []],
         f"{s}/acc_members": [(m.argmax(1) == y).float().mean().item() for m in member_probs],
     }
+    # How much an ensemble can gain: averaging rarely rights an image that every member gets
+    # wrong, so wrong_in_every_member bounds its errors from below (in practice).
+    member_wrong = torch.stack([m.argmax(1) != y for m in member_probs])  # (members, N)
+    metrics[f"{s}/wrong_in_every_member"] = int(member_wrong.all(0).sum())
+    metrics[f"{s}/wrong_in_some_member"] = int(member_wrong.any(0).sum())
 
     # 4. Report: terminal, metrics.json, PNG figures, TensorBoard.
     console = Console()
@@ -98,6 +103,11 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         table.add_row(str(k), f"{precision[k]:.4f}", f"{recall[k]:.4f}", str(int(confusion[k].sum())))
     console.print(table)
     console.print(f"{s}/acc {metrics[f'{s}/acc']:.4f}   {s}/loss {metrics[f'{s}/loss']:.4f}")
+    if len(members) > 1:
+        console.print(
+            f"{len(members)} members: {metrics[f'{s}/wrong_in_every_member']} images wrong in every member, "
+            f"{metrics[f'{s}/wrong_in_some_member']} in at least one; the ensemble gets {int((preds != y).sum())} wrong"
+        )
     console.print(
         "most confidently wrong (index: true -> predicted, confidence): "
         + ", ".join(
