@@ -113,10 +113,10 @@ class Resumable(Checkpoint):
                 self.signum = signal.SIGTERM
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        # The final training state (a kill during the test resumes to the test), unless the
-        # last validation or epoch end saved it already: once is enough (a speed run times it).
+        # The final training state, also when the last epoch did not improve val/acc (then
+        # ModelCheckpoint keeps the older last.ckpt): a kill during the test resumes to the test.
         self._restore_handlers()
-        self._save_unless_saved(trainer, pl_module)
+        self._save(trainer, pl_module)
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         self._restore_handlers()
@@ -164,10 +164,9 @@ class Resumable(Checkpoint):
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # Lightning validates before this hook; an epoch with no validation (data.val_size=0,
         # check_val_every_n_epoch > 1) has not saved yet, and would otherwise not be resumable.
-        self._save_unless_saved(trainer, pl_module)
-
-    def _save_unless_saved(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self._saved_at_step != trainer.global_step:
+        # After the last epoch on_train_end saves: once is enough (a speed run times it).
+        last = trainer.should_stop or trainer.current_epoch + 1 == trainer.max_epochs
+        if self._saved_at_step != trainer.global_step and not last:
             self._save(trainer, pl_module)
         else:
             self.check_finite(trainer, pl_module)
