@@ -113,8 +113,9 @@ class Resumable(Checkpoint):
                 self.signum = signal.SIGTERM
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        # The final training state, also when the last epoch did not improve val/acc (then
-        # ModelCheckpoint keeps the older last.ckpt): a kill during the test resumes to the test.
+        # The finished loop's state, saved even though the last validation saved this step: only
+        # here does last.ckpt record the run as done (`epoch` = the epochs trained, as the runs of
+        # earlier versions hold it: tests/test_old_runs.py); a kill during the test resumes to the test.
         self._restore_handlers()
         self._save(trainer, pl_module)
 
@@ -164,7 +165,7 @@ class Resumable(Checkpoint):
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # Lightning validates before this hook; an epoch with no validation (data.val_size=0,
         # check_val_every_n_epoch > 1) has not saved yet, and would otherwise not be resumable.
-        # After the last epoch on_train_end saves: once is enough (a speed run times it).
+        # After the last epoch on_train_end saves (see there): once is enough (a speed run times it).
         last = trainer.should_stop or trainer.current_epoch + 1 == trainer.max_epochs
         if self._saved_at_step != trainer.global_step and not last:
             self._save(trainer, pl_module)
