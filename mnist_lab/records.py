@@ -47,18 +47,21 @@ def machine_record() -> dict[str, Any]:
 
     import torch
 
-    flags, model = set(), platform.processor() or platform.machine()
+    flags, model, vendor = set(), platform.processor() or platform.machine(), None
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             key, _, value = line.partition(":")
             if key.strip() == "model name":
                 model = value.strip()
+            elif key.strip() == "vendor_id":
+                vendor = value.strip()
             elif key.strip() == "flags":
                 flags = set(value.split())
     except OSError:  # not Linux: the model from platform, flags unknown
         pass
     return {
         "cpu": model,
+        "cpu_vendor": vendor,
         "cpu_cores": os.cpu_count(),
         "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
         # Native bf16 arithmetic: AVX512-BF16 or AMX (otherwise bf16 is emulated, usually slower).
@@ -68,17 +71,29 @@ def machine_record() -> dict[str, Any]:
     }
 
 
-def emulated_bf16(trainer: Any) -> str | None:
-    """A warning when a trainer runs bf16 on a CPU that lacks native bf16 (else None)."""
+def slow_bf16(trainer: Any) -> str | None:
+    """A warning when a trainer runs bf16 on a CPU where it is measured slower than fp32 (else None).
+
+    That is a CPU without native bf16, where oneDNN converts around fp32 arithmetic, and an
+    Intel CPU with AVX512_BF16 but no AMX: there the bf16 dot product issues at half the rate
+    of the fp32 FMAs it replaces, so it gains nothing and pays for the conversions
+    (benchmarks/README.md, "Does bf16 pay?"). AMD's AVX512_BF16 and AMX are faster than fp32.
+    """
     from pytorch_lightning.accelerators import CPUAccelerator
 
     if not str(trainer.precision).startswith("bf16") or not isinstance(trainer.accelerator, CPUAccelerator):
         return None
-    if machine_record()["native_bf16"]:
+    machine = machine_record()
+    native = machine["native_bf16"]
+    if "amx_bf16" in native or (native and machine.get("cpu_vendor") != "GenuineIntel"):
         return None
+    why = (
+        "an Intel CPU with AVX512_BF16 but no AMX: its bf16 kernels are slower than its fp32 ones"
+        if native
+        else "a CPU without native bf16 (no AVX512_BF16 or AMX flag): the bf16 arithmetic is emulated"
+    )
     return (
-        f"trainer.precision={trainer.precision} on a CPU without native bf16 (no AVX512_BF16 or AMX flag): the "
-        "bf16 arithmetic is emulated and usually slower than fp32 (benchmarks/bf16_isa.py); "
+        f"trainer.precision={trainer.precision} on {why} (benchmarks/bf16_isa.py measures it); "
         "trainer.precision=32-true is the faster choice here."
     )
 

@@ -21,7 +21,7 @@ from mnist_lab.config.migrate import migrate
 from mnist_lab.errors import NonFiniteLossError, UserError
 from mnist_lab.files import write_json
 from mnist_lab.pretrained import card_path, describe_start, is_mnist
-from mnist_lab.records import emulated_bf16, environment_record, log_hparams
+from mnist_lab.records import environment_record, log_hparams, slow_bf16
 from mnist_lab.rundir import check_output_dir
 
 # metrics.json fields that differ between two runs of the same config and seed: wall-clock
@@ -83,8 +83,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     trainer: pl.Trainer = instantiate(
         cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=[AtomicCheckpointIO()], **no_validation
     )
-    if emulated := emulated_bf16(trainer):
-        log.warning(emulated)
+    if slow := slow_bf16(trainer):
+        log.warning(slow)
 
     # 3. Fit, then test the best checkpoint (the last weights when there is no checkpointing).
     try:

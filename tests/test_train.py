@@ -136,17 +136,27 @@ def test_progress_bar_off_with_the_default_callbacks(tmp_path):
     assert train(cfg)["epochs"] == 1
 
 
-@pytest.mark.parametrize("flags,precision,warned", [([], "bf16-mixed", True), (["avx512_bf16"], "bf16-mixed", False), ([], "32-true", False)])  # fmt: skip
-def test_bf16_on_a_cpu_without_native_bf16_is_flagged(monkeypatch, flags, precision, warned):
+@pytest.mark.parametrize(
+    "vendor,flags,precision,warned",
+    [
+        ("AuthenticAMD", [], "bf16-mixed", True),  # emulated
+        ("AuthenticAMD", ["avx512_bf16"], "bf16-mixed", False),  # Zen 4: faster
+        ("GenuineIntel", ["avx512_bf16"], "bf16-mixed", True),  # no AMX: slower than fp32
+        ("GenuineIntel", ["amx_bf16", "avx512_bf16"], "bf16-mixed", False),  # AMX: faster
+        ("GenuineIntel", [], "32-true", False),
+    ],
+)
+def test_bf16_where_it_is_slower_than_fp32_is_flagged(monkeypatch, vendor, flags, precision, warned):
     from types import SimpleNamespace
 
     from pytorch_lightning.accelerators import CPUAccelerator
 
     from mnist_lab import records
 
-    monkeypatch.setattr(records, "machine_record", lambda: {"native_bf16": flags})
+    monkeypatch.setattr(records, "machine_record", lambda: {"native_bf16": flags, "cpu_vendor": vendor})
     trainer = SimpleNamespace(precision=precision, accelerator=CPUAccelerator())
-    message = records.emulated_bf16(trainer)
+    message = records.slow_bf16(trainer)
     assert (message is not None) == warned
     if warned:
         assert "trainer.precision=32-true" in message and "bf16_isa.py" in message
+        assert ("no AMX" in message) == bool(flags)
