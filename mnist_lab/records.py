@@ -75,9 +75,10 @@ def slow_bf16(trainer: Any) -> str | None:
     """A warning when a trainer runs bf16 on a CPU where it is measured slower than fp32 (else None).
 
     That is a CPU without native bf16, where oneDNN converts around fp32 arithmetic, and an
-    Intel CPU with AVX512_BF16 but no AMX: there the bf16 dot product issues at half the rate
-    of the fp32 FMAs it replaces, so it gains nothing and pays for the conversions
-    (benchmarks/README.md, "Does bf16 pay?"). AMD's AVX512_BF16 and AMX are faster than fp32.
+    Intel CPU with AVX512_BF16 but no AMX (measured with AMX capped off on an Intel Xeon; on
+    those cores a bf16 dot product seems to do no more multiplies per cycle than the two fp32
+    FMA ports, leaving the conversions as a cost). AMD's AVX512_BF16 and AMX are faster than
+    fp32 (benchmarks/README.md, "Does bf16 pay?").
     """
     from pytorch_lightning.accelerators import CPUAccelerator
 
