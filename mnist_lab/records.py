@@ -86,7 +86,7 @@ def slow_bf16(trainer: Any) -> str | None:
         return None
     machine = machine_record()
     native = machine["native_bf16"]
-    if "amx_bf16" in native or (native and machine.get("cpu_vendor") != "GenuineIntel"):
+    if "amx_bf16" in native or (native and machine["cpu_vendor"] != "GenuineIntel"):
         return None
     why = (
         "an Intel CPU with AVX512_BF16 but no AMX: its bf16 kernels are slower than its fp32 ones"
