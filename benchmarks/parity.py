@@ -32,44 +32,73 @@ from roofline import matmul_dtype, matmul_gflops, train_flops_per_image
 from workers import emit, run_worker
 
 LOG_EVERY = 200  # the trainer's log_every_n_steps: the plain loop reads its loss as often
+# What run_plain's step_marks record per step (benchmarks/step_overhead.py reads them).
+MARKS = ("start", "forward", "forward_end", "backward", "backward_end", "step", "step_end")
 
 
-def run_plain(epochs: int, limit_batches: int | None, seed: int, precision: str) -> dict:
-    """The hand-written loop on mnist_lab's data, model and optimizer config; returns timings and test accuracy."""
+def plain_setup(seed: int, overrides: list[str] = ()):
+    """What a hand-written loop takes from mnist_lab: config, uint8 splits, network, optimizer, batches.
+
+    `overrides` go after experiment=seed_baseline (benchmarks/step_overhead.py: model=mlp).
+    Returns (cfg, splits, net, optimizer, train batches, memory format).
+    """
     import torch
-    import torch.nn.functional as F
     from hydra import compose, initialize_config_dir
     from hydra.utils import instantiate
 
     from mnist_lab import CONF_DIR
     from mnist_lab.data.batches import TensorBatches
-    from mnist_lab.data.pixels import normalize
     from mnist_lab.train import setup_data
 
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose("config", overrides=["experiment=seed_baseline", f"seed={seed}"])
+        cfg = compose("config", overrides=["experiment=seed_baseline", f"seed={seed}", *overrides])
     data = setup_data(cfg).splits  # the same uint8 splits (55k train / 5k val / 10k test)
     torch.manual_seed(cfg.seed)  # what pl.seed_everything does before mnist_lab builds the net: the same weights
-    net = instantiate(cfg.model).to(memory_format=torch.channels_last)
+    cl = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    net = instantiate(cfg.model).to(memory_format=cl)
     optimizer = instantiate(cfg.optimizer)(net.parameters())
     batches = TensorBatches(data.train_x, data.train_y, cfg.data.batch_size, True, cfg.data.split_seed)
+    return cfg, data, net, optimizer, batches, cl
+
+
+def run_plain(epochs: int, limit_batches: int | None, seed: int, precision: str, overrides: list[str] = ()) -> dict:
+    """The hand-written loop on mnist_lab's data, model and optimizer config; returns timings and test accuracy.
+
+    `step_marks` holds, per training step, the perf_counter times of its start (the intervals
+    between starts are whole steps: fetching the batch, normalising it, forward, backward,
+    SGD) and of the start and end of its forward, backward and optimizer step (MARKS).
+    """
+    import torch
+    import torch.nn.functional as F
+    from hydra.utils import instantiate
+
+    from mnist_lab.data.batches import TensorBatches
+    from mnist_lab.data.pixels import normalize
+
+    cfg, data, net, optimizer, batches, cl = plain_setup(seed, overrides)
     mean, std = cfg.data.mean, cfg.data.std
     bf16 = precision == "bf16-mixed"
-    cl = torch.channels_last
 
-    epoch_seconds, images = [], 0
+    epoch_seconds, step_marks, images = [], [], 0
+    clock = time.perf_counter
     for epoch in range(epochs):
         start = time.perf_counter()
         loss_sum, steps = torch.zeros(()), 0
         for i, (x, y) in enumerate(batches):
             if limit_batches is not None and i >= limit_batches:
                 break
+            step_start = clock()
             x = normalize(x, mean, std).contiguous(memory_format=cl)  # fp32, as on_after_batch_transfer
+            forward = clock()
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
                 loss = F.cross_entropy(net(x), y)
+            forward_end = clock()
             optimizer.zero_grad(set_to_none=True)
+            backward = clock()
             loss.backward()
+            backward_end = optimizer_start = clock()
             optimizer.step()
+            step_marks.append((step_start, forward, forward_end, backward, backward_end, optimizer_start, clock()))
             loss_sum += loss.detach()
             steps += 1
             images += len(y)
@@ -85,6 +114,7 @@ def run_plain(epochs: int, limit_batches: int | None, seed: int, precision: str)
             correct += (net(normalize(x, mean, std).contiguous(memory_format=cl)).argmax(1) == y).sum().item()
     return {
         "epoch_seconds": epoch_seconds,
+        "step_marks": step_marks,
         "images": images,
         "test_acc": correct / len(data.test_y),
         "precision": precision,
@@ -95,6 +125,7 @@ def run_plain(epochs: int, limit_batches: int | None, seed: int, precision: str)
 def worker(args: argparse.Namespace) -> None:
     if args.worker == "plain":
         result = run_plain(args.epochs, args.limit_batches, args.seed, args.precision[0])
+        del result["step_marks"]  # benchmarks/step_overhead.py's; thousands of numbers an epoch
     else:
         result = run_mnist_lab(args.epochs, args.limit_batches, args.seed, [f"trainer.precision={args.precision[0]}"])
     emit(result)

@@ -43,8 +43,10 @@ def test_parity_smoke(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     for precision in ("32-true", "bf16-mixed"):
         assert f"overhead {precision}: " in result.stdout and "% of the plain loop's epoch" in result.stdout
-    summary = json.loads(out.read_text())["summary"]
+    recorded = json.loads(out.read_text())
+    summary = recorded["summary"]
     assert set(summary) == {"32-true", "bf16-mixed"}
+    assert all("step_marks" not in r for sides in recorded["runs"].values() for r in sides["plain"])  # kept small
     for s in summary.values():
         assert s["matmul_gflops"] > 0 and len(s["overhead_pct_per_rep"]) == 1
         for side in (s["plain"], s["mnist_lab"]):
@@ -52,6 +54,50 @@ def test_parity_smoke(tmp_path):
         # the same seed, data order, weights and arithmetic on both sides: the same test accuracy
         # up to float rounding (summation order differs between Lightning's and the loop's steps)
         assert abs(s["plain"]["test_acc"][0] - s["mnist_lab"]["test_acc"][0]) <= 0.01
+
+
+def test_step_overhead_smoke(tmp_path):
+    out = tmp_path / "steps.json"
+    args = "--reps 1 --steps 12 --warmup 2 --models tiny --precision 32-true bf16-mixed".split()
+    result = run_benchmark("step_overhead.py", *args, "--json", str(out))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "lightning - plain" in result.stdout and "mnist_lab - lightning" in result.stdout
+    recorded = json.loads(out.read_text())
+    assert recorded["machine"]["cpu_cores"] >= 1
+    assert set(recorded["summary"]) == {"tiny 32-true", "tiny bf16-mixed"}
+    for case, row in recorded["summary"].items():
+        runs = recorded["runs"][case]
+        assert set(runs) == {"plain", "lightning", "mnist_lab", "peak_rss_mib"}  # one process ran all three
+        assert all(
+            len(runs[side]) == 1 and runs[side][0]["step_ms"] > 0 for side in ("plain", "lightning", "mnist_lab")
+        )
+        assert row["mnist_lab_between_ms"] > 0
+        for side in ("plain", "lightning"):  # both record the same marks per step (parity.MARKS)
+            segments = row["segments_ms"][side]
+            assert set(segments) == {"forward", "backward", "optimizer", "rest"}
+            assert all(ms > 0 for ms in segments.values())
+        # the three overheads are differences of the same medians
+        assert row["mnist_lab_overhead_ms"] == pytest.approx(
+            row["lightning_overhead_ms"] + row["mnist_lab_added_overhead_ms"]
+        )
+
+
+def test_step_overhead_times_whole_steps():
+    step_overhead = benchmark_module("step_overhead")
+    starts = [0.0, 0.010, 0.011, 0.013, 0.016]  # steps of 10, 1, 2 and 3 ms
+    assert step_overhead.median_step_ms(starts, warmup=0) == pytest.approx(2.5)
+    assert step_overhead.median_step_ms(starts, warmup=1) == pytest.approx(2.0)  # the first step left out
+    ends = [0.009, 0.0105, 0.0125, 0.0155]  # each end 1, 0.5, 0.5, 0.5 ms before the next start
+    assert step_overhead.between_ms(starts, ends, warmup=0) == pytest.approx(0.5)
+    with pytest.raises(SystemExit, match="--steps"):
+        step_overhead.median_step_ms(starts, warmup=4)
+    ms = 0.001  # marks in parity.MARKS order: start, forward, its end, backward, its end, step, its end
+    marks = [(0, 1, 3, 3.5, 6.5, 6.5, 7), (10, 11, 15, 15, 16, 17, 18), (20,)]
+    segments = step_overhead.segments_ms([[t * ms for t in m] for m in marks], warmup=0)
+    # medians of two steps: forward 2 and 4, backward 3 and 1, optimizer 0.5 and 1, rest 4.5 and 4 ms
+    assert segments == pytest.approx({"forward": 3.0, "backward": 2.0, "optimizer": 0.75, "rest": 4.25})
+    result = run_benchmark("step_overhead.py", "--steps", "20", "--warmup", "20")
+    assert result.returncode != 0 and "--steps 20" in result.stderr
 
 
 def test_scaling_smoke():
