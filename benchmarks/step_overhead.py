@@ -1,6 +1,6 @@
 """Where parity.py's overhead is: one training step of mnist_lab, of a bare Lightning loop, of the plain loop.
 
-    python benchmarks/step_overhead.py                  # 3 alternating repetitions, 400 steps, CNN and tiny MLP, fp32 and bf16
+    python benchmarks/step_overhead.py                  # 3 repetitions, 400 steps, CNN and tiny MLP, fp32 and bf16
     python benchmarks/step_overhead.py --reps 1 --steps 30 --models tiny --precision 32-true   # smoke run
 
 parity.py compares whole epochs; this compares single steps, so a fixed cost per step shows
@@ -15,16 +15,19 @@ optimizer and precision:
 - mnist_lab: `train(cfg)` as parity.py runs it (its callbacks, TensorBoard, checkpoints).
 
 Models: `cnn` is the article's CNN; `tiny` is model=mlp with two hidden layers of 16 (13k
-parameters), a step with almost no arithmetic, so what is left is the loop's fixed cost. The
-two Lightning sides run with a `StepClock` callback that records every on_train_batch_start and
-on_train_batch_end. A step is the interval from one step's start to the next's, so on every side
-it holds fetching the batch, normalising it, forward, backward and the optimizer step; the
-first `--warmup` are skipped and each run gives its median. mnist_lab's "between" is the median
-time from a batch's end hook to the next batch's start hook (Lightning's data fetch, the
-batch-transfer hooks, the loop's bookkeeping). Each model and precision runs in one fresh
-process that repeats the three sides `--reps` times in rotating order; each overhead is a
-difference of the sides' medians, in ms and in percent of the plain step, per repetition too:
-lightning - plain is Lightning's share, mnist_lab - lightning what mnist_lab adds to it.
+parameters), a step with almost no arithmetic, so what is left is the loop's fixed cost.
+
+A step is the interval from one step's start to the next's, so on every side it holds fetching
+the batch, normalising it, forward, backward and the optimizer step; the first `--warmup` are
+left out and each block of steps gives its median. The plain loop and BareModule also mark the
+start and end of the forward, the backward and the optimizer step (parity.MARKS), and the step
+is split into those three and the rest. mnist_lab's side is timed by a `StepClock` callback (its
+batch start and end hooks) and gives, besides its step, the median "between": from a batch's end
+hook to the next batch's start hook (Lightning's data fetch, the batch-transfer hooks, the
+loop's bookkeeping). Each model and precision runs in one fresh process that repeats the three
+sides `--reps` times in rotating order; each overhead is a difference of the sides' medians,
+in ms and in percent of the plain step, per repetition too: lightning - plain is Lightning's
+share, mnist_lab - lightning what mnist_lab adds to it.
 """
 
 from __future__ import annotations
