@@ -41,27 +41,50 @@ def _version(distribution: str) -> str | None:
         return None
 
 
+def cpu_identity(cpuinfo: str) -> dict[str, Any]:
+    """Model name, vendor, family and model number, and flags of the first CPU in /proc/cpuinfo's text.
+
+    The family and model number tell CPU generations apart where a virtual machine's model
+    name does not: guests all named "AMD EPYC" multiply bf16 at rates far apart
+    (benchmarks/README.md), and family 26 is Zen 5 where 25 is Zen 3 and 4.
+    """
+    fields: dict[str, str | None] = {
+        "model name": None,
+        "vendor_id": None,
+        "cpu family": None,
+        "model": None,
+        "flags": None,
+    }
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        if not key.strip() and fields["model name"] is not None:
+            break  # the blank line after the first processor's block
+        if key.strip() in fields and fields[key.strip()] is None:
+            fields[key.strip()] = value.strip()
+    family, number = fields["cpu family"], fields["model"]
+    return {
+        "cpu": fields["model name"],
+        "cpu_vendor": fields["vendor_id"],
+        "cpu_family": int(family) if family and family.isdigit() else None,
+        "cpu_model_number": int(number) if number and number.isdigit() else None,
+        "flags": set((fields["flags"] or "").split()),
+    }
+
+
 def machine_record() -> dict[str, Any]:
-    """The machine a figure came from: CPU model and cores, the ISA torch uses, native bf16, the GPU."""
+    """The machine a figure came from: CPU model, family and cores, the ISA torch uses, native bf16, the GPU."""
     import os
 
     import torch
 
-    flags, model, vendor = set(), platform.processor() or platform.machine(), None
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() == "model name":
-                model = value.strip()
-            elif key.strip() == "vendor_id":
-                vendor = value.strip()
-            elif key.strip() == "flags":
-                flags = set(value.split())
+        cpu = cpu_identity(Path("/proc/cpuinfo").read_text())
     except OSError:  # not Linux: the model from platform, flags unknown
-        pass
+        cpu = cpu_identity("")
+    flags = cpu.pop("flags")
     return {
-        "cpu": model,
-        "cpu_vendor": vendor,
+        **cpu,
+        "cpu": cpu["cpu"] or platform.processor() or platform.machine(),
         "cpu_cores": os.cpu_count(),
         "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
         # Native bf16 arithmetic: AVX512-BF16 or AMX (otherwise bf16 is emulated, usually slower).

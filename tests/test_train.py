@@ -160,3 +160,26 @@ def test_bf16_where_it_is_slower_than_fp32_is_flagged(monkeypatch, vendor, flags
     if warned:
         assert "trainer.precision=32-true" in message and "bf16_isa.py" in message
         assert ("no AMX" in message) == bool(flags)
+
+
+def test_the_machine_record_tells_cpu_generations_apart():
+    from mnist_lab.records import cpu_identity
+
+    def block(n, family, model, flags):
+        return (
+            f"processor\t: {n}\nvendor_id\t: AuthenticAMD\ncpu family\t: {family}\nmodel\t\t: {model}\n"
+            f"model name\t: AMD EPYC\nflags\t\t: {flags}\n\n"
+        )
+
+    # two processors whose names are the same: the first one's fields are the record
+    zen5 = cpu_identity(block(0, 26, 2, "avx512f avx512_bf16 avx512_vp2intersect") + block(1, 25, 17, "avx2"))
+    assert zen5 == {
+        "cpu": "AMD EPYC",
+        "cpu_vendor": "AuthenticAMD",
+        "cpu_family": 26,
+        "cpu_model_number": 2,
+        "flags": {"avx512f", "avx512_bf16", "avx512_vp2intersect"},
+    }
+    assert cpu_identity(block(0, 25, 17, "avx2"))["cpu_family"] == 25
+    empty = {"cpu": None, "cpu_vendor": None, "cpu_family": None, "cpu_model_number": None, "flags": set()}
+    assert cpu_identity("") == empty
