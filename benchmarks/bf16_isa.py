@@ -23,7 +23,6 @@ what it has, which the implementation names show.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import subprocess
@@ -31,7 +30,9 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+# benchmarks/ is the script's directory, so its modules import by name.
+from workers import ROOT, emit, read_result, write_record
+
 ISAS = {  # name -> environment of the subprocess
     "native": {},
     # AVX-512 with its bf16 dot products but no AMX tiles (Cooper Lake, Zen 4): on an AMX CPU
@@ -83,7 +84,7 @@ def worker(model: str, batch: int, blocks: int, steps: int, verbose_only: bool) 
             for i in range(steps):
                 step(i, name == "bf16")
             per_step[name].append((time.perf_counter() - start) / steps * 1e3)
-    print("RESULT " + json.dumps(per_step))
+    emit(per_step)
 
 
 def spawn(isa: str, model: str, args: argparse.Namespace, verbose: bool = False) -> subprocess.CompletedProcess:
@@ -125,17 +126,16 @@ def main() -> None:
     results = []
     for isa in args.isa or list(ISAS):
         for model in MODELS:
-            proc = spawn(isa, model, args)
-            per_step = json.loads([ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")][-1][7:])
+            per_step = read_result(spawn(isa, model, args).stdout)
+            if per_step is None:
+                raise SystemExit(f"{isa} / {model}: the worker ended without a result")
+            peak_rss_mib = per_step.pop("peak_rss_mib")
             kernels = bf16_conv_kernels(spawn(isa, model, args, verbose=True).stdout)
             fp32, bf16 = statistics.median(per_step["fp32"]), statistics.median(per_step["bf16"])
             results.append({"isa": isa, "model": model, "fp32_ms": fp32, "bf16_ms": bf16, "per_block": per_step,
-                            "bf16_conv_kernels": kernels})  # fmt: skip
+                            "bf16_conv_kernels": kernels, "peak_rss_mib": peak_rss_mib})  # fmt: skip
             print(f"{isa:<16} {model:<26} {fp32:8.2f} {bf16:8.2f} {bf16 / fp32:9.2f}  {' '.join(kernels)}", flush=True)
-    if args.json:
-        args.json.write_text(
-            json.dumps({"args": vars(args), "machine": machine, "results": results}, indent=2, default=str)
-        )
+    write_record(args.json, args, machine, results=results)
 
 
 if __name__ == "__main__":

@@ -32,7 +32,7 @@ from pathlib import Path
 
 # benchmarks/ is the script's directory, so its modules import by name.
 from roofline import dtype_of, matmul_dtype, matmul_gflops, train_flops_per_image
-from workers import ROOT, emit, run_worker
+from workers import ROOT, emit, run_worker, write_record
 
 
 def run_article(epochs: int, limit_batches: int | None, seed: int) -> dict:
@@ -257,14 +257,7 @@ def main() -> None:
             f"{s['fraction_of_matmul']:6.2f} {s['peak_rss_mib']:9.0f} "
             f"{s['ratio_vs_article']:6.3f} {s['per_image_ratio_vs_article']:7.3f}  {accs}"
         )
-    if args.json:
-        args.json.write_text(
-            json.dumps(
-                {"args": vars(args), "machine": machine, "matmul_gflops": matmul, "summary": summary, "runs": results},
-                indent=2,
-                default=str,
-            )
-        )
+    write_record(args.json, args, machine, matmul_gflops=matmul, summary=summary, runs=results)
 
 
 if __name__ == "__main__":

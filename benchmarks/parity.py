@@ -20,7 +20,6 @@ GFLOP/s, and mnist_lab's overhead in percent of the plain loop's epoch, per repe
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -29,7 +28,7 @@ from pathlib import Path
 # benchmarks/ is the script's directory, so its modules import by name.
 from compare_article import run_mnist_lab
 from roofline import matmul_dtype, matmul_gflops, train_flops_per_image
-from workers import emit, run_worker
+from workers import emit, run_worker, write_record
 
 LOG_EVERY = 200  # the trainer's log_every_n_steps: the plain loop reads its loss as often
 # What run_plain's step_marks record per step (benchmarks/step_overhead.py reads them).
@@ -225,12 +224,7 @@ def main() -> None:
             f"mnist_lab {bf16['mnist_lab']['median_epoch_s'] / fp32['mnist_lab']['median_epoch_s']:.3f}; "
             f"matmul rate bf16 / fp32 {bf16['matmul_gflops'] / fp32['matmul_gflops']:.2f}"
         )
-    if args.json:
-        args.json.write_text(
-            json.dumps(
-                {"args": vars(args), "machine": machine, "summary": summary, "runs": runs}, indent=2, default=str
-            )
-        )
+    write_record(args.json, args, machine, summary=summary, runs=runs)
 
 
 if __name__ == "__main__":

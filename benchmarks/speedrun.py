@@ -23,12 +23,12 @@ targets hold (mean >= 99.0%, lowest >= 98.9%, ratio <= 0.25); and the machine.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 from pathlib import Path
 
 # benchmarks/ is the script's directory, so its modules import by name.
 from compare_article import spawn
+from workers import write_record
 
 TARGET_MEAN, TARGET_LOWEST, TARGET_RATIO = 0.990, 0.989, 0.25
 
@@ -113,20 +113,7 @@ def main() -> None:
             f"{'met' if row['targets_met'] else 'not met'} (mean >= {100 * TARGET_MEAN:.1f}%, lowest >= "
             f"{100 * TARGET_LOWEST:.1f}%, ratio <= {TARGET_RATIO})"
         )
-    if args.json:
-        args.json.write_text(
-            json.dumps(
-                {
-                    "args": vars(args),
-                    "machine": machine,
-                    "article_epoch_s": article,
-                    "summary": summary,
-                    "runs": results,
-                },
-                indent=2,
-                default=str,
-            )
-        )
+    write_record(args.json, args, machine, article_epoch_s=article, summary=summary, runs=results)
 
 
 if __name__ == "__main__":

@@ -31,6 +31,16 @@ def emit(result: dict) -> None:
     print(PREFIX + json.dumps({**result, "peak_rss_mib": peak_rss_mib()}), flush=True)
 
 
+def write_record(path: Path | None, args, machine: dict, **parts: object) -> None:
+    """The benchmark's --json file, when one was asked for: its arguments, the machine, then `parts`.
+
+    Every figure a benchmark records names the machine it came from (benchmarks/README.md).
+    """
+    if path is not None:
+        record = {"args": vars(args), "machine": machine, **parts}
+        path.write_text(json.dumps(record, indent=2, default=str))
+
+
 def run_worker(script: str | Path, *args: object, name: str) -> dict:
     """Run `python script *args` from the repository root and return what it emitted.
 
@@ -41,7 +51,13 @@ def run_worker(script: str | Path, *args: object, name: str) -> dict:
     with tempfile.TemporaryDirectory(prefix="mnist_lab_worker_") as scratch:
         env = {**os.environ, "TMPDIR": scratch}  # the worker's tempfile.mkdtemp() lands here
         proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env)
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(PREFIX)]
-    if proc.returncode != 0 or not lines:
+    result = read_result(proc.stdout)
+    if proc.returncode != 0 or result is None:
         raise SystemExit(f"{name} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
-    return json.loads(lines[-1][len(PREFIX) :])
+    return result
+
+
+def read_result(stdout: str) -> dict | None:
+    """What a worker emitted: the last result line of its stdout, or None when it emitted none."""
+    lines = [ln for ln in stdout.splitlines() if ln.startswith(PREFIX)]
+    return json.loads(lines[-1][len(PREFIX) :]) if lines else None
