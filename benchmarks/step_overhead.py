@@ -1,10 +1,10 @@
-"""Where parity.py's overhead is: one training step of mnist_lab, of a bare Lightning loop, of the plain loop.
+"""Where parity.py's overhead is: one training step of mnist_lab, of bare Lightning loops, of the plain loop.
 
     python benchmarks/step_overhead.py                  # 3 repetitions, 400 steps, CNN and tiny MLP, fp32 and bf16
     python benchmarks/step_overhead.py --reps 1 --steps 30 --models tiny --precision 32-true   # smoke run
 
 parity.py compares whole epochs; this compares single steps, so a fixed cost per step shows
-even where it is a few percent of an epoch and the epochs drift by more. Three sides train
+even where it is a few percent of an epoch and the epochs drift by more. Four sides train
 `--steps` batches of one epoch of experiment=seed_baseline on the same uint8 batches, network,
 optimizer and precision:
 
@@ -12,6 +12,10 @@ optimizer and precision:
 - lightning: the least Lightning needs for the same arithmetic, a LightningModule with a
   training_step, configure_optimizers and the per-batch normalisation, in a Trainer with no
   logger, no checkpointing, no progress bar, no validation (`BareModule`): Lightning's own loop;
+- manual: the same module under Lightning's manual optimisation (`ManualModule`: zero_grad,
+  manual_backward and the optimizer step in its training_step), which leaves out the
+  automatic loop's closure and its optimizer hooks: what a Classifier on manual optimisation
+  would still pay;
 - mnist_lab: `train(cfg)` as parity.py runs it (its callbacks, TensorBoard, checkpoints).
 
 Models: `cnn` is the article's CNN; `tiny` is model=mlp with two hidden layers of 16 (13k
@@ -19,15 +23,16 @@ parameters), a step with almost no arithmetic, so what is left is the loop's fix
 
 A step is the interval from one step's start to the next's, so on every side it holds fetching
 the batch, normalising it, forward, backward and the optimizer step; the first `--warmup` are
-left out and each block of steps gives its median. The plain loop and BareModule also mark the
+left out and each block of steps gives its median. The plain loop and the bare modules also mark the
 start and end of the forward, the backward and the optimizer step (parity.MARKS), and the step
 is split into those three and the rest. mnist_lab's side is timed by a `StepClock` callback (its
 batch start and end hooks) and gives, besides its step, the median "between": from a batch's end
 hook to the next batch's start hook (Lightning's data fetch, the batch-transfer hooks, the
-loop's bookkeeping). Each model and precision runs in one fresh process that repeats the three
+loop's bookkeeping). Each model and precision runs in one fresh process that repeats the four
 sides `--reps` times in rotating order; each overhead is a difference of the sides' medians,
 in ms and in percent of the plain step, per repetition too: lightning - plain is Lightning's
-share, mnist_lab - lightning what mnist_lab adds to it.
+share, manual - plain that share under manual optimisation, mnist_lab - lightning what
+mnist_lab adds to Lightning's.
 """
 
 from __future__ import annotations
@@ -42,10 +47,14 @@ from pathlib import Path
 import pytorch_lightning as pl
 import torch.nn.functional as F
 
+# benchmarks/ is the script's directory, so its modules import by name.
+from parity import MARKS
+
 from mnist_lab.data.pixels import normalize
 
 MODELS = {"cnn": [], "tiny": ["model=mlp", "model.hidden1=16", "model.hidden2=16"]}  # after experiment=seed_baseline
-SIDES = ("plain", "lightning", "mnist_lab")
+SIDES = ("plain", "lightning", "manual", "mnist_lab")
+TIMED = ("plain", "lightning", "manual")  # the sides that mark their step's segments
 SEGMENTS = ("forward", "backward", "optimizer", "rest")
 
 
@@ -118,6 +127,26 @@ class BareModule(pl.LightningModule):
         return normalize(x, self.mean, self.std).contiguous(memory_format=self.memory_format), y
 
 
+class ManualModule(BareModule):
+    """BareModule under manual optimisation: training_step zeroes the gradients, runs
+    manual_backward and steps the optimizer itself, so Lightning runs no closure and no
+    optimizer_step / optimizer_zero_grad hooks. The same marks: manual_backward still calls
+    on_before_backward and on_after_backward, the optimizer's step on_before_optimizer_step.
+    """
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.automatic_optimization = False
+
+    def training_step(self, batch, batch_idx):
+        optimizer = self.optimizers()
+        loss = super().training_step(batch, batch_idx)
+        optimizer.zero_grad(set_to_none=True)
+        self.manual_backward(loss)
+        optimizer.step()
+        return loss
+
+
 def segments_ms(marks: list, warmup: int) -> dict[str, float]:
     """Median ms per step of the forward, the backward, the optimizer step, and the rest of the step.
 
@@ -127,16 +156,23 @@ def segments_ms(marks: list, warmup: int) -> dict[str, float]:
     """
     parts: dict[str, list[float]] = {"forward": [], "backward": [], "optimizer": [], "rest": []}
     rows = marks[warmup:]
-    for (start, forward, forward_end, backward, backward_end, step, step_end), following in zip(rows, rows[1:]):
-        timed = {"forward": forward_end - forward, "backward": backward_end - backward, "optimizer": step_end - step}
+    for row, following in zip(rows, rows[1:]):
+        t = dict(zip(MARKS, row, strict=True))
+        timed = {
+            "forward": t["forward_end"] - t["forward"],
+            "backward": t["backward_end"] - t["backward"],
+            "optimizer": t["step_end"] - t["step"],
+        }
         for name, seconds in timed.items():
             parts[name].append(seconds)
-        parts["rest"].append(following[0] - start - sum(timed.values()))
+        parts["rest"].append(following[0] - t["start"] - sum(timed.values()))
     return {name: 1000 * statistics.median(v) for name, v in parts.items()}
 
 
-def run_bare_lightning(steps: int, seed: int, precision: str, overrides: list[str]) -> list[list[float]]:
-    """BareModule for `steps` batches in a Trainer with nothing else on; returns its marks."""
+def run_bare_lightning(
+    steps: int, seed: int, precision: str, overrides: list[str], module_class: type[BareModule] = BareModule
+) -> list[list[float]]:
+    """`module_class` for `steps` batches in a Trainer with nothing else on; returns its marks."""
     from parity import plain_setup
 
     cfg, _, net, optimizer, batches, cl = plain_setup(seed, overrides)
@@ -153,7 +189,7 @@ def run_bare_lightning(steps: int, seed: int, precision: str, overrides: list[st
         enable_progress_bar=False,
         enable_model_summary=False,
     )
-    module = BareModule(net, optimizer, batches, cfg.data.mean, cfg.data.std, cl)
+    module = module_class(net, optimizer, batches, cfg.data.mean, cfg.data.std, cl)
     trainer.fit(module)
     return module.marks
 
@@ -172,7 +208,7 @@ def between_ms(starts: list[float], ends: list[float], warmup: int) -> float:
 
 def run_side(side: str, model: str, precision: str, steps: int, seed: int, warmup: int) -> dict:
     """One block of `steps` training steps of `side`: its median step, and its segments (plain,
-    lightning) or its median time between steps (mnist_lab, which records only the batch hooks)."""
+    lightning, manual) or its median time between steps (mnist_lab, which records only the batch hooks)."""
     overrides = MODELS[model]
     if side == "mnist_lab":
         from compare_article import run_mnist_lab
@@ -196,7 +232,8 @@ def run_side(side: str, model: str, precision: str, steps: int, seed: int, warmu
 
         marks = run_plain(1, steps, seed, precision, overrides)["step_marks"]
     else:
-        marks = run_bare_lightning(steps, seed, precision, overrides)
+        module_class = ManualModule if side == "manual" else BareModule
+        marks = run_bare_lightning(steps, seed, precision, overrides, module_class)
     return {"step_ms": median_step_ms([m[0] for m in marks], warmup), "segments_ms": segments_ms(marks, warmup)}
 
 
@@ -211,14 +248,14 @@ def worker(args: argparse.Namespace) -> None:
 
     blocks: dict[str, list[dict]] = {side: [] for side in SIDES}
     for rep in range(args.reps):
-        for side in SIDES[rep % 3 :] + SIDES[: rep % 3]:
+        for side in SIDES[rep % len(SIDES) :] + SIDES[: rep % len(SIDES)]:
             r = run_side(side, args.model, args.precision, args.steps, args.seed, args.warmup)
             blocks[side].append({"rep": rep + 1, **r})
     emit(blocks)
 
 
 def main() -> None:
-    from workers import run_worker
+    from workers import run_worker, write_record
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--reps", type=int, default=3)
@@ -240,7 +277,7 @@ def main() -> None:
     runs: dict[str, dict[str, list[dict]]] = {}
     for model in args.models:
         for precision in args.precision:
-            print(f"{model} {precision}: {args.reps} repetitions of the three sides in one process", flush=True)
+            print(f"{model} {precision}: {args.reps} repetitions of the four sides in one process", flush=True)
             runs[f"{model} {precision}"] = run_worker(
                 __file__,
                 *("--worker", "--model", model, "--precision", precision, "--steps", args.steps),
@@ -261,8 +298,8 @@ def main() -> None:
         "overheads: ms and % of the plain step (per repetition, ms)"
     )
     print(
-        f"{'case':<16} {'plain':>7} {'lightning':>9} {'mnist_lab':>9} {'between':>8}  "
-        f"{'lightning - plain':<34} {'mnist_lab - lightning':<34} {'mnist_lab - plain'}"
+        f"{'case':<16} {'plain':>7} {'lightning':>9} {'manual':>7} {'mnist_lab':>9} {'between':>8}  "
+        f"{'lightning - plain':<34} {'manual - plain':<34} {'mnist_lab - lightning':<34} {'mnist_lab - plain'}"
     )
     summary = {}
     for case, sides in runs.items():
@@ -272,6 +309,7 @@ def main() -> None:
         cells = []
         for name, a, b in (
             ("lightning", "plain", "lightning"),
+            ("manual", "plain", "manual"),
             ("mnist_lab_added", "lightning", "mnist_lab"),
             ("mnist_lab", "plain", "mnist_lab"),
         ):
@@ -284,23 +322,19 @@ def main() -> None:
             )
         summary[case] = row
         print(
-            f"{case:<16} {row['plain_step_ms']:7.3f} {row['lightning_step_ms']:9.3f} {row['mnist_lab_step_ms']:9.3f} "
+            f"{case:<16} {row['plain_step_ms']:7.3f} {row['lightning_step_ms']:9.3f} {row['manual_step_ms']:7.3f} "
+            f"{row['mnist_lab_step_ms']:9.3f} "
             f"{row['mnist_lab_between_ms']:8.3f}  " + " ".join(f"{c:<34}" for c in cells)
         )
     print("\nwhere the step goes, median ms per step (rest: data, zero_grad, loop, hooks; see the module docstring)")
     print(f"{'case':<16} {'side':<9} {'forward':>8} {'backward':>9} {'optimizer':>10} {'rest':>7}")
     for case, sides in runs.items():
         summary[case]["segments_ms"] = {}
-        for side in ("plain", "lightning"):
+        for side in TIMED:
             seg = {n: statistics.median(r["segments_ms"][n] for r in sides[side]) for n in SEGMENTS}
             summary[case]["segments_ms"][side] = seg
             print(f"{case:<16} {side:<9} " + " ".join(f"{seg[n]:{w}.3f}" for n, w in zip(SEGMENTS, (8, 9, 10, 7))))
-    if args.json:
-        args.json.write_text(
-            json.dumps(
-                {"args": vars(args), "machine": machine, "summary": summary, "runs": runs}, indent=2, default=str
-            )
-        )
+    write_record(args.json, args, machine, summary=summary, runs=runs)
 
 
 if __name__ == "__main__":

@@ -61,18 +61,20 @@ def test_step_overhead_smoke(tmp_path):
     args = "--reps 1 --steps 12 --warmup 2 --models tiny --precision 32-true bf16-mixed".split()
     result = run_benchmark("step_overhead.py", *args, "--json", str(out))
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "lightning - plain" in result.stdout and "mnist_lab - lightning" in result.stdout
+    assert all(
+        f"{a} - {b}" in result.stdout
+        for a, b in (("lightning", "plain"), ("manual", "plain"), ("mnist_lab", "lightning"))
+    )
     recorded = json.loads(out.read_text())
     assert recorded["machine"]["cpu_cores"] >= 1
     assert set(recorded["summary"]) == {"tiny 32-true", "tiny bf16-mixed"}
     for case, row in recorded["summary"].items():
         runs = recorded["runs"][case]
-        assert set(runs) == {"plain", "lightning", "mnist_lab", "peak_rss_mib"}  # one process ran all three
-        assert all(
-            len(runs[side]) == 1 and runs[side][0]["step_ms"] > 0 for side in ("plain", "lightning", "mnist_lab")
-        )
+        sides = ("plain", "lightning", "manual", "mnist_lab")
+        assert set(runs) == {*sides, "peak_rss_mib"}  # one process ran all four
+        assert all(len(runs[side]) == 1 and runs[side][0]["step_ms"] > 0 for side in sides)
         assert row["mnist_lab_between_ms"] > 0
-        for side in ("plain", "lightning"):  # both record the same marks per step (parity.MARKS)
+        for side in ("plain", "lightning", "manual"):  # all record the same marks per step (parity.MARKS)
             segments = row["segments_ms"][side]
             assert set(segments) == {"forward", "backward", "optimizer", "rest"}
             assert all(ms > 0 for ms in segments.values())
