@@ -48,9 +48,12 @@ import pytorch_lightning as pl
 import torch.nn.functional as F
 
 # benchmarks/ is the script's directory, so its modules import by name.
-from parity import MARKS
+from compare_article import run_mnist_lab
+from parity import MARKS, plain_setup, run_plain
+from workers import emit, run_worker, write_record
 
 from mnist_lab.data.pixels import normalize
+from mnist_lab.records import machine_record
 
 MODELS = {"cnn": [], "tiny": ["model=mlp", "model.hidden1=16", "model.hidden2=16"]}  # after experiment=seed_baseline
 SIDES = ("plain", "lightning", "manual", "mnist_lab")
@@ -173,8 +176,6 @@ def run_bare_lightning(
     steps: int, seed: int, precision: str, overrides: list[str], module_class: type[BareModule] = BareModule
 ) -> list[list[float]]:
     """`module_class` for `steps` batches in a Trainer with nothing else on; returns its marks."""
-    from parity import plain_setup
-
     cfg, _, net, optimizer, batches, cl = plain_setup(seed, overrides)
     trainer = pl.Trainer(
         accelerator="cpu",
@@ -211,8 +212,6 @@ def run_side(side: str, model: str, precision: str, steps: int, seed: int, warmu
     lightning, manual) or its median time between steps (mnist_lab, which records only the batch hooks)."""
     overrides = MODELS[model]
     if side == "mnist_lab":
-        from compare_article import run_mnist_lab
-
         path = Path(tempfile.mkdtemp()) / "clock.json"  # in the worker's TMPDIR, removed with it
         overrides = [
             *overrides,
@@ -228,8 +227,6 @@ def run_side(side: str, model: str, precision: str, steps: int, seed: int, warmu
             "between_ms": between_ms(times["starts"], times["ends"], warmup),
         }
     if side == "plain":
-        from parity import run_plain
-
         marks = run_plain(1, steps, seed, precision, overrides)["step_marks"]
     else:
         module_class = ManualModule if side == "manual" else BareModule
@@ -244,8 +241,6 @@ def worker(args: argparse.Namespace) -> None:
     one fresh process to the next than the sides differ (benchmarks/README.md); every block
     starts from the same seeded weights, so each does the same work.
     """
-    from workers import emit
-
     blocks: dict[str, list[dict]] = {side: [] for side in SIDES}
     for rep in range(args.reps):
         for side in SIDES[rep % len(SIDES) :] + SIDES[: rep % len(SIDES)]:
@@ -255,8 +250,6 @@ def worker(args: argparse.Namespace) -> None:
 
 
 def main() -> None:
-    from workers import run_worker, write_record
-
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--reps", type=int, default=3)
     p.add_argument("--steps", type=int, default=400, help="training steps per run (one epoch, limit_train_batches)")
@@ -288,8 +281,6 @@ def main() -> None:
                 for r in runs[f"{model} {precision}"][side]:
                     between = f"  between steps {r['between_ms']:.3f} ms" if "between_ms" in r else ""
                     print(f"  rep {r['rep']} {side:<9} step {r['step_ms']:7.3f} ms{between}", flush=True)
-
-    from mnist_lab.records import machine_record
 
     machine = machine_record()
     print(f"\nmachine: {machine}")
