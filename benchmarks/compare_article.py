@@ -112,8 +112,20 @@ def run_article(epochs: int, limit_batches: int | None, seed: int) -> dict:
     }
 
 
+def device_overrides(overrides: list[str]) -> list[str]:
+    """`trainer.accelerator=cpu` unless `overrides` choose the trainer or its accelerator.
+
+    The trainer's default accelerator is "auto": on a machine with a GPU, mnist_lab's side
+    would train there while the loop it is compared with (the article's, the plain one) runs
+    on the CPU. `trainer=gpu` (speedrun.py's GPU presets, parity.py --device cuda) keeps the GPU.
+    """
+    chosen = any(o.lstrip("+").partition("=")[0] in ("trainer", "trainer.accelerator") for o in overrides)
+    return [] if chosen else ["trainer.accelerator=cpu"]
+
+
 def run_mnist_lab(epochs: int, limit_batches: int | None, seed: int, overrides: list[str]) -> dict:
-    """mnist_lab's train(cfg) on experiment=seed_baseline, everything on (TensorBoard, checkpoints)."""
+    """mnist_lab's train(cfg) on experiment=seed_baseline, everything on (TensorBoard, checkpoints),
+    on the CPU unless the overrides choose another accelerator (`device_overrides`)."""
     from hydra import compose, initialize_config_dir
     from hydra.utils import instantiate
 
@@ -131,6 +143,7 @@ def run_mnist_lab(epochs: int, limit_batches: int | None, seed: int, overrides: 
         "trainer.enable_model_summary=false",
         f"paths.output_dir={out}",
         *([f"trainer.limit_train_batches={limit_batches}"] if limit_batches else []),
+        *device_overrides(overrides),
         *(o for o in overrides if not o.startswith("experiment=")),
     ]
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):

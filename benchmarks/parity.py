@@ -2,6 +2,7 @@
 
     python benchmarks/parity.py                                  # 3 alternating repetitions, 3 epochs, fp32 and bf16
     python benchmarks/parity.py --reps 1 --epochs 1 --limit-batches 5   # smoke run
+    python benchmarks/parity.py --device cuda --reps 3 --epochs 2       # on a GPU
 
 Both sides train `experiment=seed_baseline` with the same seed: the DigitsDataModule's uint8
 tensors, the same TensorBatches order, normalised per batch (mnist_lab.data.pixels), the
@@ -15,6 +16,12 @@ times only its training batches. Each repetition runs both sides in fresh subpro
 alternating order, and a 2048x2048 matmul in each precision (the roofline: `of mm` is a
 side's GFLOP/s over that rate). Prints per precision each side's median epoch, images/s,
 GFLOP/s, and mnist_lab's overhead in percent of the plain loop's epoch, per repetition too.
+
+`--device cuda` trains both sides on the GPU, every image in its memory (the plain loop's
+batches index tensors there; mnist_lab runs `trainer=gpu data.on_device=true`), timing
+epochs after a synchronisation, against a matmul on the GPU. On the CPU (the default)
+mnist_lab's side is pinned to the CPU (compare_article.device_overrides) even where a GPU is
+present.
 """
 
 from __future__ import annotations
@@ -25,23 +32,28 @@ import sys
 import time
 from pathlib import Path
 
+import torch
+
 # benchmarks/ is the script's directory, so its modules import by name.
 from compare_article import run_mnist_lab
-from roofline import matmul_dtype, matmul_gflops, train_flops_per_image
+from roofline import matmul_dtype, matmul_gflops, synchronize, train_flops_per_image
 from workers import emit, run_worker, write_record
 
 LOG_EVERY = 200  # the trainer's log_every_n_steps: the plain loop reads its loss as often
+# mnist_lab's side on each --device: the plain loop's batches are all on the GPU, so its are too.
+MNIST_LAB_ON = {"cpu": [], "cuda": ["trainer=gpu", "data.on_device=true"]}
 # What run_plain's step_marks record per step (benchmarks/step_overhead.py reads them).
 MARKS = ("start", "forward", "forward_end", "backward", "backward_end", "step", "step_end")
 
 
-def plain_setup(seed: int, overrides: list[str] = ()):
+def plain_setup(seed: int, overrides: list[str] = (), device: str = "cpu"):
     """What a hand-written loop takes from mnist_lab: config, uint8 splits, network, optimizer, batches.
 
-    `overrides` go after experiment=seed_baseline (benchmarks/step_overhead.py: model=mlp).
+    `overrides` go after experiment=seed_baseline (benchmarks/step_overhead.py: model=mlp). The
+    network and the training batches are on `device` (a GPU: all images in its memory, as
+    mnist_lab's data.on_device=true).
     Returns (cfg, splits, net, optimizer, train batches, memory format).
     """
-    import torch
     from hydra import compose, initialize_config_dir
     from hydra.utils import instantiate
 
@@ -54,42 +66,53 @@ def plain_setup(seed: int, overrides: list[str] = ()):
     data = setup_data(cfg).splits  # the same uint8 splits (55k train / 5k val / 10k test)
     torch.manual_seed(cfg.seed)  # what pl.seed_everything does before mnist_lab builds the net: the same weights
     cl = torch.channels_last if cfg.channels_last else torch.contiguous_format
-    net = instantiate(cfg.model).to(memory_format=cl)
+    net = instantiate(cfg.model).to(device, memory_format=cl)
     optimizer = instantiate(cfg.optimizer)(net.parameters())
-    batches = TensorBatches(data.train_x, data.train_y, cfg.data.batch_size, True, cfg.data.split_seed)
+    train_x, train_y = data.train_x.to(device), data.train_y.to(device)
+    batches = TensorBatches(train_x, train_y, cfg.data.batch_size, True, cfg.data.split_seed)
     return cfg, data, net, optimizer, batches, cl
 
 
-def run_plain(epochs: int, limit_batches: int | None, seed: int, precision: str, overrides: list[str] = ()) -> dict:
+def run_plain(
+    epochs: int,
+    limit_batches: int | None,
+    seed: int,
+    precision: str,
+    overrides: list[str] = (),
+    device: str = "cpu",
+) -> dict:
     """The hand-written loop on mnist_lab's data, model and optimizer config; returns timings and test accuracy.
 
     `step_marks` holds, per training step, the perf_counter times of its start (the intervals
     between starts are whole steps: fetching the batch, normalising it, forward, backward,
-    SGD) and of the start and end of its forward, backward and optimizer step (MARKS).
+    SGD) and of the start and end of its forward, backward and optimizer step (MARKS). On a
+    GPU they are the host's times of queueing the work, so only the epochs (synchronised at
+    their ends) are timings there.
     """
-    import torch
     import torch.nn.functional as F
     from hydra.utils import instantiate
 
     from mnist_lab.data.batches import TensorBatches
     from mnist_lab.data.pixels import normalize
 
-    cfg, data, net, optimizer, batches, cl = plain_setup(seed, overrides)
+    cfg, data, net, optimizer, batches, cl = plain_setup(seed, overrides, device)
     mean, std = cfg.data.mean, cfg.data.std
     bf16 = precision == "bf16-mixed"
+    device_type = torch.device(device).type  # autocast's "cpu" or "cuda"
 
     epoch_seconds, step_marks, images = [], [], 0
     clock = time.perf_counter
     for epoch in range(epochs):
+        synchronize(device)
         start = time.perf_counter()
-        loss_sum, steps = torch.zeros(()), 0
+        loss_sum, steps = torch.zeros((), device=device), 0
         for i, (x, y) in enumerate(batches):
             if limit_batches is not None and i >= limit_batches:
                 break
             step_start = clock()
             x = normalize(x, mean, std).contiguous(memory_format=cl)  # fp32, as on_after_batch_transfer
             forward = clock()
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            with torch.autocast(device_type, dtype=torch.bfloat16, enabled=bf16):
                 loss = F.cross_entropy(net(x), y)
             forward_end = clock()
             optimizer.zero_grad(set_to_none=True)
@@ -105,11 +128,13 @@ def run_plain(epochs: int, limit_batches: int | None, seed: int, precision: str,
                 print(f"[{epoch + 1}, {i + 1:5d}] loss: {loss_sum.item() / steps:.3f}", file=sys.stderr)
                 loss_sum.zero_()
                 steps = 0
+        synchronize(device)
         epoch_seconds.append(time.perf_counter() - start)
 
     correct = 0
-    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-        for x, y in TensorBatches(data.test_x, data.test_y, cfg.data.eval_batch_size, False):
+    test_x, test_y = data.test_x.to(device), data.test_y.to(device)
+    with torch.no_grad(), torch.autocast(device_type, dtype=torch.bfloat16, enabled=bf16):
+        for x, y in TensorBatches(test_x, test_y, cfg.data.eval_batch_size, False):
             correct += (net(normalize(x, mean, std).contiguous(memory_format=cl)).argmax(1) == y).sum().item()
     return {
         "epoch_seconds": epoch_seconds,
@@ -123,16 +148,17 @@ def run_plain(epochs: int, limit_batches: int | None, seed: int, precision: str,
 
 def worker(args: argparse.Namespace) -> None:
     if args.worker == "plain":
-        result = run_plain(args.epochs, args.limit_batches, args.seed, args.precision[0])
+        result = run_plain(args.epochs, args.limit_batches, args.seed, args.precision[0], device=args.device)
         del result["step_marks"]  # benchmarks/step_overhead.py's; thousands of numbers an epoch
     else:
-        result = run_mnist_lab(args.epochs, args.limit_batches, args.seed, [f"trainer.precision={args.precision[0]}"])
+        overrides = [f"trainer.precision={args.precision[0]}", *MNIST_LAB_ON[args.device]]
+        result = run_mnist_lab(args.epochs, args.limit_batches, args.seed, overrides)
     emit(result)
 
 
-def spawn(kind: str, seed: int, precision: str, *, epochs: int, limit_batches: int | None) -> dict:
-    """One run of `kind` ("plain" or "mnist_lab") in `precision`, in a fresh process."""
-    args = ["--worker", kind, "--epochs", epochs, "--seed", seed, "--precision", precision]
+def spawn(kind: str, seed: int, precision: str, *, epochs: int, limit_batches: int | None, device: str) -> dict:
+    """One run of `kind` ("plain" or "mnist_lab") in `precision` on `device`, in a fresh process."""
+    args = ["--worker", kind, "--epochs", epochs, "--seed", seed, "--precision", precision, "--device", device]
     args += ["--limit-batches", limit_batches] if limit_batches else []
     return run_worker(__file__, *args, name=f"{kind} {precision} run")
 
@@ -144,11 +170,14 @@ def main() -> None:
     p.add_argument("--limit-batches", type=int, default=None, help="train only this many batches per epoch")
     p.add_argument("--seed", type=int, default=0, help="seed of the first repetition (repetition r: seed + r)")
     p.add_argument("--precision", nargs="+", default=["32-true", "bf16-mixed"], choices=["32-true", "bf16-mixed"])
+    p.add_argument("--device", choices=list(MNIST_LAB_ON), default="cpu", help="both sides train here")
     p.add_argument("--json", type=Path, default=None, help="also write the summary and every run here")
     p.add_argument("--worker", choices=["plain", "mnist_lab"], help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.worker:
         return worker(args)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        p.error("--device cuda: this machine has no CUDA GPU (torch.cuda.is_available() is False); use --device cpu")
 
     runs: dict[str, dict[str, list[dict]]] = {pr: {"plain": [], "mnist_lab": []} for pr in args.precision}
     mm: dict[str, list[float]] = {pr: [] for pr in args.precision}
@@ -156,14 +185,21 @@ def main() -> None:
         for precision in args.precision:
             # Alternate which side runs first, so a slow spell of the shared machine hits both alike.
             for kind in ("plain", "mnist_lab") if rep % 2 == 0 else ("mnist_lab", "plain"):
-                r = spawn(kind, args.seed + rep, precision, epochs=args.epochs, limit_batches=args.limit_batches)
+                r = spawn(
+                    kind,
+                    args.seed + rep,
+                    precision,
+                    epochs=args.epochs,
+                    limit_batches=args.limit_batches,
+                    device=args.device,
+                )
                 runs[precision][kind].append(r)
                 print(
                     f"rep {rep + 1} {precision:<10} {kind:<9} median epoch {statistics.median(r['epoch_seconds']):6.2f} s"
                     f"  test acc {r['test_acc']:.4f}",
                     flush=True,
                 )
-            mm[precision].append(matmul_gflops(matmul_dtype(precision)))
+            mm[precision].append(matmul_gflops(matmul_dtype(precision), device=args.device))
 
     from mnist_lab.records import machine_record
 

@@ -35,17 +35,25 @@ def train_flops_per_image(net: nn.Module, in_channels: int = 1, batch: int = 4) 
     return counter.get_total_flops() / batch
 
 
-def matmul_gflops(dtype_name: str = "fp32", n: int = 2048, reps: int = 5) -> float:
-    """GFLOP/s of an n x n matmul in dtype "fp32" or "bf16", median of `reps` after a warm-up."""
+def matmul_gflops(dtype_name: str = "fp32", n: int = 2048, reps: int = 5, device: str = "cpu") -> float:
+    """GFLOP/s of an n x n matmul in dtype "fp32" or "bf16" on `device`, median of `reps` after a warm-up."""
     dtype = MATMUL_DTYPES[dtype_name]
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-    torch.mm(a, b)  # oneDNN/MKL pick and cache their kernels on the first call
+    a, b = torch.randn(n, n, dtype=dtype, device=device), torch.randn(n, n, dtype=dtype, device=device)
+    torch.mm(a, b)  # oneDNN/MKL (cuBLAS) pick and cache their kernels on the first call
     times = []
     for _ in range(reps):
+        synchronize(device)
         start = time.perf_counter()
         torch.mm(a, b)
+        synchronize(device)
         times.append(time.perf_counter() - start)
     return 2 * n**3 / statistics.median(times) / 1e9
+
+
+def synchronize(device: str | torch.device) -> None:
+    """Wait for `device`'s queued kernels (a GPU runs them asynchronously), so a clock read after it is true."""
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def matmul_dtype(precision: str) -> str:

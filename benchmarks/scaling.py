@@ -19,6 +19,7 @@ import tempfile
 from pathlib import Path
 
 # benchmarks/ is the script's directory, so its modules import by name.
+from compare_article import device_overrides
 from roofline import dtype_of, matmul_gflops, train_flops_per_image
 from workers import emit, run_worker
 
@@ -43,6 +44,7 @@ def worker(train_size: int, batch_size: int, epochs: int, overrides: list[str]) 
                 "trainer.enable_model_summary=false",
                 "callbacks.progress_bar=null",
                 f"paths.output_dir={out}",
+                *device_overrides(overrides),  # the CPU, as the matmul of its roofline column
                 *overrides,
             ],
         )

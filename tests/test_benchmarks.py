@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
 import subprocess
 import sys
 import tempfile
+from pathlib import Path
 
 import pytest
+import torch
 
 from mnist_lab import ROOT_DIR
 
@@ -54,6 +57,39 @@ def test_parity_smoke(tmp_path):
         # the same seed, data order, weights and arithmetic on both sides: the same test accuracy
         # up to float rounding (summation order differs between Lightning's and the loop's steps)
         assert abs(s["plain"]["test_acc"][0] - s["mnist_lab"]["test_acc"][0]) <= 0.01
+
+
+def test_mnist_labs_side_stays_on_the_cpu_unless_a_gpu_is_asked_for():
+    # The trainer's accelerator is "auto": on a GPU machine the CPU comparisons (the article's
+    # loop, the plain loop) would otherwise race a GPU run of mnist_lab.
+    device_overrides = benchmark_module("compare_article").device_overrides
+    assert device_overrides([]) == ["trainer.accelerator=cpu"]
+    assert device_overrides(["trainer.precision=bf16-mixed", "model=mlp"]) == ["trainer.accelerator=cpu"]
+    assert device_overrides(["trainer=gpu", "data.on_device=true"]) == []  # parity.py --device cuda
+    assert device_overrides(["trainer.accelerator=gpu"]) == []
+    assert device_overrides(["+trainer.accelerator=cpu"]) == []
+    assert "trainer=gpu" in benchmark_module("parity").MNIST_LAB_ON["cuda"]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message of a machine without a GPU")
+def test_parity_on_cuda_without_a_gpu_says_so():
+    result = run_benchmark("parity.py", "--device", "cuda", "--reps", "1", "--epochs", "1", "--limit-batches", "2")
+    assert result.returncode == 2 and "--device cuda" in result.stderr and "no CUDA GPU" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message of a machine without a GPU")
+def test_gpu_checks_stop_at_once_without_a_gpu(tmp_path):
+    result = subprocess.run(
+        ["bash", "benchmarks/gpu_checks.sh", str(tmp_path / "out")],
+        cwd=ROOT_DIR,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"},  # its `python`: this one
+    )
+    assert result.returncode != 0 and "no CUDA GPU" in result.stderr
+    assert list((tmp_path / "out").iterdir()) == []  # nothing measured, nothing written
 
 
 def test_step_overhead_smoke(tmp_path):
