@@ -181,8 +181,8 @@ def load_pretrained(net: nn.Module, path: str | Path) -> list[str]:
     if problems:
         raise CheckpointError(
             f"finetune.checkpoint={path} does not fit {type(net).__name__}: {'; '.join(problems)}. Use the "
-            "model config the checkpoint was trained with (model=..., model.batch_norm=..., widths), or another "
-            "checkpoint."
+            "model config the checkpoint was trained with (model=..., model.batch_norm=..., "
+            "model.norm_after_pool=..., widths), or another checkpoint."
         )
     own = net.state_dict()
     head = [k for k in own if k in state and state[k].shape != own[k].shape]

@@ -28,6 +28,12 @@ class CNN(nn.Module):
     but with no padding 28 -> 24 -> 12 -> 10 -> 5 leaves 64*5*5 and its view fails. Padding 2
     on the 5x5 conv and 1 on the 3x3 conv keep 28 -> 28 -> 14 -> 14 -> 7, so 64*7*7 holds.
     The defaults (no dropout, no batch norm, widths 32/64/128) are the article's network.
+
+    With batch_norm, each conv block is conv -> batch norm -> pool -> ReLU; norm_after_pool
+    makes it conv -> pool -> batch norm -> ReLU. That is another network, not the same
+    arithmetic reordered: batch norm then takes its statistics over the pooled values. It
+    normalises 4x fewer values, and on CPU batch norm's backward is among the costliest ops of
+    the slim speed-run network (benchmarks/README.md, "Batch norm after the pool").
     """
 
     group_names = ("conv1", "conv2", "fc1", "head")
@@ -41,21 +47,21 @@ class CNN(nn.Module):
         hidden: int = 128,
         dropout: float = 0.0,
         batch_norm: bool = False,
+        norm_after_pool: bool = False,
     ) -> None:
         super().__init__()
-        norm1 = [nn.BatchNorm2d(conv1_channels)] if batch_norm else []
-        norm2 = [nn.BatchNorm2d(conv2_channels)] if batch_norm else []
-        # bias is redundant in front of batch norm (it is subtracted out again).
-        self.conv1 = nn.Sequential(
-            nn.Conv2d(in_channels, conv1_channels, 5, padding=2, bias=not batch_norm),
-            *norm1,
-            *_pool_relu(),
-        )
-        self.conv2 = nn.Sequential(
-            nn.Conv2d(conv1_channels, conv2_channels, 3, padding=1, bias=not batch_norm),
-            *norm2,
-            *_pool_relu(),
-        )
+
+        def block(conv: nn.Conv2d) -> nn.Sequential:
+            if not batch_norm:
+                return nn.Sequential(conv, *_pool_relu())
+            pool, relu = _pool_relu()
+            norm = nn.BatchNorm2d(conv.out_channels)
+            return nn.Sequential(conv, pool, norm, relu) if norm_after_pool else nn.Sequential(conv, norm, pool, relu)
+
+        # bias is redundant in front of batch norm (it is subtracted out again; a max-pool
+        # between them does not change that, as it commutes with adding a per-channel constant).
+        self.conv1 = block(nn.Conv2d(in_channels, conv1_channels, 5, padding=2, bias=not batch_norm))
+        self.conv2 = block(nn.Conv2d(conv1_channels, conv2_channels, 3, padding=1, bias=not batch_norm))
         self.fc1 = nn.Sequential(
             nn.Flatten(),
             nn.Linear(conv2_channels * 7 * 7, hidden),

@@ -5,16 +5,20 @@ is its card: the model config it fits, the command and commit that produced it, 
 validation and test accuracy, the date, the machine and the file's sha256. `mnist-lab
 pretrain` regenerates them all (mnist_lab/tools/pretrain.py). A fine-tune strategy with
 `finetune.checkpoint: bundled` starts from the card whose model config equals the run's
-(the number of classes aside: a head of another size is re-initialised).
+(the number of classes aside: a head of another size is re-initialised), each side with the
+model's own defaults filled in, so a card written before a model gained an option still fits
+a config that leaves the option at its default.
 """
 
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 from pathlib import Path
 from typing import Any
 
+from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 
 from mnist_lab import ROOT_DIR
@@ -42,7 +46,12 @@ def read_card(weights: Path) -> dict[str, Any]:
 
 
 def _comparable(model: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in model.items() if k != "num_classes"}
+    try:
+        params = inspect.signature(get_class(model["_target_"])).parameters.values()
+    except Exception:  # a target that does not import matches only a card that names it the same way
+        params = []  # type: ignore[assignment]
+    defaults = {p.name: p.default for p in params if p.default is not inspect.Parameter.empty}
+    return {k: v for k, v in {**defaults, **model}.items() if k != "num_classes"}
 
 
 def bundled_for(model_cfg: DictConfig) -> tuple[Path, dict[str, Any]] | None:

@@ -83,6 +83,13 @@ CASES = [
         ["`model.num_classes` = 5", "data.num_classes=10", "command-line override"],
     ),
     (
+        "norm-after-pool-without-batch-norm",
+        "train",
+        ["model.norm_after_pool=true"],
+        1,
+        ["`model.norm_after_pool` = True", "model.batch_norm=False", "set model.batch_norm=true"],
+    ),
+    (
         "batch-larger-than-the-training-split",
         "train",
         ["data.batch_size=1000000000"],

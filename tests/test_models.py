@@ -61,6 +61,33 @@ def test_cnn_options():
     assert model(torch.randn(3, 1, 28, 28)).shape == (3, 10)
 
 
+def test_norm_after_pool_differs_only_in_the_statistics_training_sees():
+    before = CNN(conv1_channels=8, conv2_channels=16, hidden=32, batch_norm=True)
+    after = CNN(conv1_channels=8, conv2_channels=16, hidden=32, batch_norm=True, norm_after_pool=True)
+    assert [type(m) for m in after.conv1] == [nn.Conv2d, nn.MaxPool2d, nn.BatchNorm2d, nn.ReLU]
+    # The default order keeps its indices, so checkpoints trained before the option still load.
+    assert [type(m) for m in before.conv1] == [nn.Conv2d, nn.BatchNorm2d, nn.MaxPool2d, nn.ReLU]
+    torch.manual_seed(0)
+    for m in before.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.weight.data.uniform_(0.5, 2.0)  # positive scales: the per-channel affine map is increasing
+            m.bias.data.normal_()
+            m.running_mean.normal_()
+            m.running_var.uniform_(0.5, 2.0)
+    moved = {
+        k.replace(".1.", ".2.") if k.startswith(("conv1.1.", "conv2.1.")) else k: v
+        for k, v in before.state_dict().items()
+    }
+    after.load_state_dict(moved)
+    x = torch.randn(4, 1, 28, 28)
+    # Evaluated, batch norm is that increasing per-channel map, which commutes with max-pool: the same outputs.
+    before.eval(), after.eval()
+    torch.testing.assert_close(after(x), before(x))
+    # Training, it normalises with the batch's statistics, over the pooled values or over all of them.
+    before.train(), after.train()
+    assert not torch.allclose(after(x), before(x), atol=1e-3)
+
+
 @pytest.mark.parametrize("blocks", [[[8]], [[8, 8], [16, 16]], [[4], [4, 8], [8], [8]]])
 def test_convnet_blocks_are_layer_groups(blocks):
     model = ConvNet(blocks=blocks, hidden=16)

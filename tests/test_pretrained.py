@@ -69,6 +69,17 @@ def test_a_model_without_bundled_weights_stops_before_training(tmp_path):
     assert "experiment=pretrain_mnist" in message and "finetune.checkpoint=<that file>" in message
 
 
+def test_a_card_from_before_an_option_fits_the_option_at_its_default():
+    from mnist_lab.pretrained import bundled_for
+
+    card = read_card(weights_path("cnn"))["model"]
+    assert "norm_after_pool" not in card  # the weights predate the option
+    cnn = compose_config([]).model
+    assert bundled_for(cnn) == (weights_path("cnn"), read_card(weights_path("cnn")))
+    assert bundled_for(compose_config(["model.norm_after_pool=false"]).model) is not None
+    assert bundled_for(compose_config(["model.batch_norm=true", "model.norm_after_pool=true"]).model) is None
+
+
 def test_none_trains_from_the_initial_weights():
     assert validate(compose_config(["finetune=none"])).finetune.checkpoint is None
 

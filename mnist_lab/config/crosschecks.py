@@ -19,7 +19,12 @@ from mnist_lab.config.rules import is_int
 
 def check_across(cfg: DictConfig) -> list[Problem]:
     """Every problem of how the config's values fit each other, the dataset's size and this machine."""
-    return [*_num_classes(cfg), *_batch_size(cfg.get("data")), *_devices(cfg.get("trainer"))]
+    return [
+        *_num_classes(cfg),
+        *_norm_after_pool(cfg.get("model")),
+        *_batch_size(cfg.get("data")),
+        *_devices(cfg.get("trainer")),
+    ]
 
 
 def _num_classes(cfg: DictConfig) -> list[Problem]:
@@ -33,6 +38,22 @@ def _num_classes(cfg: DictConfig) -> list[Problem]:
             (
                 f"does not match data.num_classes={classes}: the network needs one output per class of the data, "
                 f"so allowed is {classes}, which conf/model/*.yaml give by default with `num_classes: ${{data.num_classes}}`"
+            ),
+        )
+    ]
+
+
+def _norm_after_pool(model: Any) -> list[Problem]:
+    """A batch-norm placement asked for in a network without batch norm: it would change nothing, silently."""
+    if not isinstance(model, DictConfig) or model.get("norm_after_pool") is not True or model.get("batch_norm"):
+        return []
+    return [
+        Problem(
+            "model.norm_after_pool",
+            True,
+            (
+                f"places batch norm after the pool, but model.batch_norm={model.get('batch_norm')}, so there is no "
+                "batch norm to place: set model.batch_norm=true as well, or leave norm_after_pool false"
             ),
         )
     ]
