@@ -153,10 +153,22 @@ def test_widths_smoke():
     result = run_benchmark("widths.py", "--widths", "16/32", "8/16", "--batches", "32", "--steps", "2", "--reps", "1")
     assert result.returncode == 0, result.stderr[-3000:]
     rows = [ln.split() for ln in result.stdout.splitlines()[3:]]  # after the machine, torch and header lines
-    assert [(r[0], r[1]) for r in rows] == [("16/32", "32"), ("8/16", "32")]
-    assert all(float(r[3]) > 0 and float(r[4]) > 0 for r in rows)
+    assert [(r[0], r[1], r[2]) for r in rows] == [("16/32", "before", "32"), ("8/16", "before", "32")]
+    assert all(float(r[4]) > 0 and float(r[5]) > 0 for r in rows)
     # the parameter count is the model's: a 16/32 CNN with batch norm has 207,226
-    assert rows[0][2] == "207226"
+    assert rows[0][3] == "207226"
+
+
+def test_widths_sets_the_two_batch_norm_placements_side_by_side():
+    args = "--widths 8/16 --norm before after --bf16 --batches 16 --steps 2 --reps 2".split()
+    result = run_benchmark("widths.py", *args)
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = result.stdout.splitlines()
+    assert "bf16 autocast" in out[1]
+    rows = [ln.split() for ln in out[3:5]]
+    assert [(r[1], r[3]) for r in rows] == [("before", rows[0][3]), ("after", rows[0][3])]  # the same parameters
+    (ratio,) = [ln for ln in out if ln.startswith("8/16 batch 16: after/before")]
+    assert len(ratio.split("per repetition")[1].split()) == 2  # one ratio per repetition
 
 
 def test_widths_names_a_malformed_width():
