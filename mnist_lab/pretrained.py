@@ -18,7 +18,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from hydra.utils import get_class
+from hydra.utils import get_object
 from omegaconf import DictConfig, OmegaConf
 
 from mnist_lab import ROOT_DIR
@@ -45,13 +45,19 @@ def read_card(weights: Path) -> dict[str, Any]:
     return json.loads(card_path(weights).read_text())
 
 
-def _comparable(model: dict[str, Any]) -> dict[str, Any]:
+def _defaults(target: Any) -> dict[str, Any]:
+    """The keyword defaults of a model's `_target_`; none for one that does not import (validate names it)."""
+    if not isinstance(target, str):
+        return {}
     try:
-        params = inspect.signature(get_class(model["_target_"])).parameters.values()
-    except Exception:  # a target that does not import matches only a card that names it the same way
-        params = []  # type: ignore[assignment]
-    defaults = {p.name: p.default for p in params if p.default is not inspect.Parameter.empty}
-    return {k: v for k, v in {**defaults, **model}.items() if k != "num_classes"}
+        params = inspect.signature(get_object(target)).parameters.values()
+    except (ImportError, AttributeError, TypeError, ValueError):
+        return {}
+    return {p.name: p.default for p in params if p.default is not inspect.Parameter.empty}
+
+
+def _comparable(model: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in {**_defaults(model.get("_target_")), **model}.items() if k != "num_classes"}
 
 
 def bundled_for(model_cfg: DictConfig) -> tuple[Path, dict[str, Any]] | None:
