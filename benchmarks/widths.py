@@ -2,6 +2,7 @@
 
     python benchmarks/widths.py                                  # the table in benchmarks/README.md
     python benchmarks/widths.py --widths 16/32 --norm before after --bf16   # batch norm before/after the pool
+    python benchmarks/widths.py --widths 16/32 --batches 128 --bf16 --profile 8   # and each network's costliest ops
     python benchmarks/widths.py --widths 16/32 --batches 64 --steps 3 --reps 1   # smoke run
 
 Why it exists: on CPU the cost of a convolution is not proportional to its multiply-adds.
@@ -11,8 +12,10 @@ Adam) of `mnist_lab.models.CNN` with batch norm, in channels_last, on random inp
 time does not depend on the pixel values), for each conv1/conv2 width pair and each
 placement of batch norm (`before` the pool, the default network, or `after` it:
 `model.norm_after_pool`), in fp32 or, with --bf16, under bf16 autocast as
-`trainer.precision=bf16-mixed` runs it. The networks run alternately within each repetition, and the figure is the median over repetitions of the
-mean step time, so machine noise hits all pairs alike. `epoch s` is that step time times
+`trainer.precision=bf16-mixed` runs it. The networks run alternately within each
+repetition, and the figure is the median over repetitions of the mean step time, so machine
+noise hits all networks alike. --profile N then runs `--steps` more steps of each network
+under torch.profiler and prints its N costliest ops by self CPU time. `epoch s` is that step time times
 the steps of one 55k-image epoch: compute only, without Lightning's per-step overhead,
 validation or data indexing.
 """
@@ -23,6 +26,7 @@ import argparse
 import math
 import statistics
 import time
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -32,8 +36,8 @@ from mnist_lab.models import CNN
 TRAIN_IMAGES = 55_000  # the training split of every MNIST run (60k minus 5k validation)
 
 
-def step_seconds(net: torch.nn.Module, batch: int, steps: int, channels_last: bool, bf16: bool = False) -> float:
-    """Mean seconds of one training step over `steps` steps, after two warm-up steps."""
+def train_step(net: torch.nn.Module, batch: int, channels_last: bool, bf16: bool = False) -> Callable[[], None]:
+    """One training step of `net` on a fixed random batch, as a function, after two warm-up steps."""
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     x = torch.randn(batch, 1, 28, 28).contiguous(memory_format=fmt)
     y = torch.randint(0, 10, (batch,))
@@ -48,6 +52,12 @@ def step_seconds(net: torch.nn.Module, batch: int, steps: int, channels_last: bo
 
     for _ in range(2):  # oneDNN picks and caches its kernels on the first calls
         one_step()
+    return one_step
+
+
+def step_seconds(net: torch.nn.Module, batch: int, steps: int, channels_last: bool, bf16: bool = False) -> float:
+    """Mean seconds of one training step over `steps` steps, after two warm-up steps."""
+    one_step = train_step(net, batch, channels_last, bf16)
     start = time.perf_counter()
     for _ in range(steps):
         one_step()
@@ -73,6 +83,9 @@ def main() -> None:
     )
     p.add_argument("--bf16", action="store_true", help="bf16 autocast, as trainer.precision=bf16-mixed")
     p.add_argument("--steps", type=int, default=40, help="timed steps per measurement")
+    p.add_argument(
+        "--profile", type=int, default=0, metavar="N", help="print each network's N costliest ops (first batch size)"
+    )
     p.add_argument("--reps", type=int, default=3, help="alternating repetitions; the median is reported")
     p.add_argument("--no-channels-last", action="store_true", help="PyTorch's default NCHW layout instead")
     args = p.parse_args()
@@ -122,6 +135,17 @@ def main() -> None:
                     f"{c1}/{c2} batch {batch}: after/before {statistics.median(ratios):.2f} "
                     f"(per repetition {' '.join(f'{r:.2f}' for r in ratios)})"
                 )
+    if args.profile:
+        from torch.profiler import profile
+
+        batch = args.batches[0]
+        for (c1, c2, norm), net in nets.items():
+            one_step = train_step(net, batch, not args.no_channels_last, args.bf16)
+            with profile() as prof:
+                for _ in range(args.steps):
+                    one_step()
+            print(f"profile: {c1}/{c2}, norm {norm}, batch {batch}, {args.steps} steps")
+            print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=args.profile))
 
 
 if __name__ == "__main__":

@@ -171,6 +171,15 @@ def test_widths_sets_the_two_batch_norm_placements_side_by_side():
     assert len(ratio.split("per repetition")[1].split()) == 2  # one ratio per repetition
 
 
+def test_widths_profiles_each_network():
+    args = "--widths 8/16 --norm before after --batches 16 --steps 2 --reps 1 --profile 3".split()
+    result = run_benchmark("widths.py", *args)
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = result.stdout
+    assert "profile: 8/16, norm before, batch 16, 2 steps" in out and "profile: 8/16, norm after, batch 16" in out
+    assert out.count("Self CPU time total") == 2  # one torch.profiler table a network
+
+
 def test_widths_names_a_malformed_width():
     result = run_benchmark("widths.py", "--widths", "16x32")
     assert result.returncode != 0 and "16x32" in result.stderr
