@@ -173,6 +173,13 @@ CASES = [
     ("blank-image", "predict", ["inputs={bad}/blank.png"], 2, ["blank.png", "no ink"]),
     ("missing-image", "predict", ["inputs={bad}/absent.png"], 2, ["absent.png", "does not exist"]),
     (
+        "predict-with-an-unrotated-extra-view",
+        "predict",
+        ["inputs={bad}/digit.png", "tta_degrees=[0]"],
+        1,
+        ["tta_degrees=[0]", "non-zero"],
+    ),
+    (
         "predict-with-a-corrupt-checkpoint",
         "predict-ckpt",
         ["ckpt_path={bad}/garbage.ckpt", "inputs={bad}/blank.png"],

@@ -95,3 +95,17 @@ def test_ensemble_averages_softmax_of_its_members(trained_run, tmp_path):
     n, acc = pair["num_examples"], pair["test/acc_members"]
     every, some = pair["test/wrong_in_every_member"], pair["test/wrong_in_some_member"]
     assert every <= round((1 - max(acc)) * n) <= round((1 - min(acc)) * n) <= some  # intersection <= each <= union
+
+
+def test_test_time_augmentation_is_applied_to_every_member_and_recorded(trained_run, tmp_path):
+    args = [f"ckpt_path={trained_run}", f"ensemble=[{trained_run}]", "num_wrong=0"]
+    plain = evaluate(compose_config(args, tmp_path / "plain", config_name="evaluate"))
+    tta = evaluate(compose_config([*args, "tta_degrees=[-8,8]"], tmp_path / "tta", config_name="evaluate"))
+    assert plain["tta_degrees"] == [] and tta["tta_degrees"] == [-8.0, 8.0]
+    assert json.loads((tmp_path / "tta" / "metrics.json").read_text())["tta_degrees"] == [-8.0, 8.0]
+    # Equal members read with the same views stay equal; the views change the loss.
+    assert tta["test/acc_members"][0] == tta["test/acc_members"][1] == pytest.approx(tta["test/acc"], abs=1e-6)
+    assert tta["test/loss"] != pytest.approx(plain["test/loss"], rel=1e-4)
+    with pytest.raises(ConfigError, match=r"tta_degrees=\[0\]"):
+        evaluate(compose_config([*args, "tta_degrees=[0]"], tmp_path / "bad", config_name="evaluate"))
+    assert not (tmp_path / "bad" / "metrics.json").exists()

@@ -8,11 +8,13 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from mnist_lab.data import IDXSource
+from mnist_lab.errors import ConfigError
 from mnist_lab.inference.imageprep import ink_map, prepare, segment
-from mnist_lab.inference.predictor import Predictor
+from mnist_lab.inference.predictor import Predictor, tta_angles
 from mnist_lab.pretrained import weights_path
 from mnist_lab.tools.predict import predict, read_files
 from mnist_lab.tools.strings_benchmark import render_number, run_benchmark
@@ -227,3 +229,32 @@ def test_bad_checkpoints_give_one_paragraph(trained_run, tmp_path):
         timeout=300,
     )
     assert result.returncode == 1 and "truncated or corrupted" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_test_time_augmentation_averages_the_rotated_views(test_digits, predictor):
+    from torchvision.transforms import InterpolationMode
+    from torchvision.transforms.v2.functional import rotate
+
+    digits, labels = test_digits[0][:1000], test_digits[1][:1000]
+    tta = Predictor(weights_path("cnn"), tta_degrees=[-8, 8])
+    assert tta.tta_degrees == (-8.0, 8.0) and predictor.tta_degrees == ()
+    # Each view is the digit rotated as the training augmentation resamples it, on [0, 1] pixels.
+    x = torch.from_numpy(digits)[:, None].float() / 255
+    views = [x] + [rotate(x, a, interpolation=InterpolationMode.BILINEAR) for a in (-8, 8)]
+    by_hand = torch.stack([predictor.logits((v - tta.mean) / tta.std).softmax(1) for v in views]).mean(0)
+    assert np.allclose(tta(digits), by_hand.numpy(), atol=1e-5)
+    assert not np.allclose(tta(digits), predictor(digits), atol=1e-3)  # the views change the outputs
+    # Views closed under quarter turns: a digit and its quarter turn are read alike.
+    quarter = Predictor(weights_path("cnn"), tta_degrees=[90, 180, -90])
+    turned = np.ascontiguousarray(np.rot90(digits, 1, axes=(1, 2)))
+    assert np.allclose(quarter(digits), quarter(turned), atol=1e-4)
+    # The bundled weights are fixed, so this holds on every machine: small rotations of the
+    # augmentation's range keep the readings (not a claim that they improve them).
+    assert (tta(digits).argmax(1) == labels).mean() >= (predictor(digits).argmax(1) == labels).mean() - 0.005
+
+
+@pytest.mark.parametrize("value", [[0], ["eight"], [200], [True], [float("nan")], "x"])
+def test_bad_test_time_augmentation_angles_are_named(value):
+    with pytest.raises(ConfigError, match=r"tta_degrees=.*e\.g\. tta_degrees=\[-8,8\]"):
+        tta_angles(value)
+    assert tta_angles(8) == (8.0,) and tta_angles([]) == tta_angles(None) == ()

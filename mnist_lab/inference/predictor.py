@@ -8,8 +8,10 @@ mnist_lab.data.pixels, the training code's own normalisation; nothing here impor
 from __future__ import annotations
 
 import json
+import math
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +19,7 @@ import numpy as np
 import torch
 
 from mnist_lab.data.pixels import normalize
-from mnist_lab.errors import UserError
+from mnist_lab.errors import ConfigError, UserError
 from mnist_lab.pretrained import card_path
 
 # Metadata keys that `mnist_lab.export` stores in exported files (how inputs are normalised).
@@ -35,10 +37,12 @@ class Predictor:
         path: a checkpoint (.ckpt, or a run directory: its best one), or a file written by
             `python -m mnist_lab export`: ONNX (.onnx, run by onnxruntime) or TorchScript (.pt).
         batch_size: digits per forward pass.
+        tta_degrees: test-time augmentation: each digit is also read rotated by these angles
+            and the softmax outputs are averaged (see `probabilities`).
     """
 
-    def __init__(self, path: str | Path, batch_size: int = 1000) -> None:
-        self.path, self.batch_size = Path(path), batch_size
+    def __init__(self, path: str | Path, batch_size: int = 1000, tta_degrees: Sequence[float] = ()) -> None:
+        self.path, self.batch_size, self.tta_degrees = Path(path), batch_size, tta_angles(tta_degrees)
         self.session: Any = None  # an onnxruntime.InferenceSession
         self.net: Any = None  # a torch module (eager or TorchScript)
         if self.path.suffix == ".onnx":
@@ -95,7 +99,22 @@ class Predictor:
 
     def __call__(self, digits: np.ndarray) -> np.ndarray:
         images = torch.from_numpy(np.ascontiguousarray(digits))[:, None]  # (N, 1, 28, 28) uint8
-        return probabilities(self.logits, images, self.mean, self.std, self.batch_size).numpy()
+        return probabilities(self.logits, images, self.mean, self.std, self.batch_size, tta=self.tta_degrees).numpy()
+
+
+def tta_angles(degrees: Any) -> tuple[float, ...]:
+    """The rotations of `tta_degrees=[...]` as floats; a clear error for anything else."""
+    values = [degrees] if isinstance(degrees, (int, float, str)) else list(degrees or ())
+    try:
+        angles = tuple(float(a) for a in values if not isinstance(a, bool))
+    except (TypeError, ValueError):
+        angles = ()
+    if len(angles) != len(values) or not all(math.isfinite(a) and 0 < abs(a) <= 180 for a in angles):
+        raise ConfigError(
+            f"tta_degrees={values}: give the extra views as rotation angles in degrees, non-zero and within "
+            "[-180, 180] (the upright digit is always read), e.g. tta_degrees=[-8,8], or tta_degrees=[] for none."
+        )
+    return angles
 
 
 def probabilities(
@@ -105,6 +124,7 @@ def probabilities(
     std: float,
     batch_size: int,
     device: torch.device | str = "cpu",
+    tta: Sequence[float] = (),
 ) -> torch.Tensor:
     """Softmax probabilities (N, K) on the CPU of uint8 images (N, 1, 28, 28), in batches.
 
@@ -113,10 +133,20 @@ def probabilities(
         images: the digits, MNIST-style uint8.
         mean, std: the normalisation the model was trained with.
         batch_size: images per forward pass (no gradients: memory is the only limit).
+        tta: test-time augmentation: angles in degrees; each image is also read rotated by
+            each angle (bilinear, as the training augmentation resamples, background fill)
+            and the softmax outputs of all views are averaged with equal weight.
     """
+    views: list[Callable[[torch.Tensor], torch.Tensor] | None] = [None]
+    if tta:  # torchvision imported only here: plain prediction stays light
+        from torchvision.transforms import InterpolationMode
+        from torchvision.transforms.v2.functional import rotate
+
+        views += [partial(rotate, angle=a, interpolation=InterpolationMode.BILINEAR) for a in tta]
     out = []
     with torch.inference_mode():
         for start in range(0, len(images), batch_size):
-            x = normalize(images[start : start + batch_size].to(device), mean, std)
-            out.append(logits(x).float().softmax(1).cpu())
+            batch = images[start : start + batch_size].to(device)
+            probs = [logits(normalize(batch, mean, std, view)).float().softmax(1) for view in views]
+            out.append(torch.stack(probs).mean(0).cpu())
     return torch.cat(out) if out else torch.zeros(0, 10)

@@ -32,10 +32,11 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     from mnist_lab.callbacks.test_report import confusion_figure, misclassified_figure
     from mnist_lab.checkpoints import find_checkpoint, load_net
     from mnist_lab.files import write_json
-    from mnist_lab.inference.predictor import probabilities
+    from mnist_lab.inference.predictor import probabilities, tta_angles
 
     if cfg.split not in ("test", "val"):
         raise ConfigError(f"split={cfg.split}: choose test or val.")
+    tta = tta_angles(cfg.get("tta_degrees"))
     ckpt = find_checkpoint(cfg.ckpt_path)
     net, run_cfg = load_net(ckpt)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -49,7 +50,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     x = getattr(datamodule.splits, f"{cfg.split}_x")
     y = getattr(datamodule.splits, f"{cfg.split}_y")
     member_probs = [
-        probabilities(m, x, datamodule.mean, datamodule.std, datamodule.eval_batch_size, device) for m in members
+        probabilities(m, x, datamodule.mean, datamodule.std, datamodule.eval_batch_size, device, tta) for m in members
     ]
     classes = member_probs[0].shape[1]
     if int(y.max()) >= classes:
@@ -85,6 +86,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         "num_examples": len(y),
         "checkpoint": str(ckpt),
         "ensemble": [str(find_checkpoint(path)) for path in cfg.get("ensemble") or []],
+        "tta_degrees": list(tta),
         f"{s}/acc_members": [(m.argmax(1) == y).float().mean().item() for m in member_probs],
     }
     # How much an ensemble can gain: averaging rarely rights an image that every member gets
@@ -95,7 +97,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
 
     # 4. Report: terminal, metrics.json, PNG figures, TensorBoard.
     console = Console()
-    console.print(f"{ckpt}: {s} split, {len(y)} images")
+    views = f", each also read rotated by {', '.join(f'{a:g}' for a in tta)} degrees" if tta else ""
+    console.print(f"{ckpt}: {s} split, {len(y)} images{views}")
     table = Table()
     for column in ("class", "precision", "recall", "support"):
         table.add_column(column, justify="right")

@@ -148,7 +148,7 @@ def predict(cfg: DictConfig) -> list[dict[str, Any]]:
         raise UserError(
             f"formats={formats} holds {sorted(unknown)}: choose from csv and json, e.g. formats=[csv,json] or formats=[]."
         )
-    predictor = Predictor(cfg.ckpt_path, batch_size=cfg.batch_size)
+    predictor = Predictor(cfg.ckpt_path, batch_size=cfg.batch_size, tta_degrees=cfg.get("tta_degrees") or ())
     inputs = cfg.inputs if isinstance(cfg.inputs, str) else list(cfg.inputs)
     files = collect_inputs(inputs)
     if not files:
