@@ -167,6 +167,9 @@ def test_the_command_prints_its_url_and_stops_on_ctrl_c(tmp_path):
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        # Ctrl-C as at a terminal, also where the suite's own SIGINT is ignored (a shell's
+        # background job, nohup), which the child would inherit.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
         lines = []
