@@ -7,15 +7,27 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from mnist_lab.errors import ConfigError
-from mnist_lab.tools.evaluate import evaluate
+from mnist_lab.tools.evaluate import class_scores, evaluate
 from tests.conftest import compose_config
 
-# Every test here asserts on the model trained by the suite (conftest.trained_run or its own run).
-pytestmark = pytest.mark.trained_model
+# The tests that assert on the model trained by the suite (conftest.trained_run).
+trained_model = pytest.mark.trained_model
 
 
+def test_class_scores_count_a_class_never_predicted_or_absent_as_zero():
+    # Class 3 is neither in the labels nor predicted; class 4 is in the labels, never predicted.
+    preds = torch.tensor([0, 0, 1, 1, 2, 2, 0, 0])
+    target = torch.tensor([0, 1, 1, 1, 2, 0, 0, 4])
+    confusion, precision, recall = class_scores(preds, target, 5)
+    assert confusion.tolist() == [[2, 0, 1, 0, 0], [1, 2, 0, 0, 0], [0, 0, 1, 0, 0], [0] * 5, [1, 0, 0, 0, 0]]
+    assert precision.tolist() == pytest.approx([2 / 4, 2 / 2, 1 / 2, 0, 0])  # correct / predicted as the class
+    assert recall.tolist() == pytest.approx([2 / 3, 2 / 3, 1 / 1, 0, 0])  # correct / labelled as the class
+
+
+@trained_model
 def test_evaluate_reproduces_the_runs_test_metrics(trained_run, tmp_path):
     cfg = compose_config([f"ckpt_path={trained_run}"], tmp_path / "eval", config_name="evaluate")
     metrics = evaluate(cfg)
@@ -39,6 +51,7 @@ def test_evaluate_reproduces_the_runs_test_metrics(trained_run, tmp_path):
     assert list((out / "tensorboard").glob("events.out.tfevents.*"))
 
 
+@trained_model
 def test_evaluate_on_the_validation_split_and_bad_values(trained_run, tmp_path):
     metrics = evaluate(
         compose_config([f"ckpt_path={trained_run}", "split=val"], tmp_path / "v", config_name="evaluate")
@@ -48,6 +61,7 @@ def test_evaluate_on_the_validation_split_and_bad_values(trained_run, tmp_path):
         evaluate(compose_config([f"ckpt_path={trained_run}", "split=train"], tmp_path / "t", config_name="evaluate"))
 
 
+@trained_model
 def test_evaluate_command_line(trained_run, tmp_path):
     result = subprocess.run(
         [
@@ -69,6 +83,7 @@ def test_evaluate_command_line(trained_run, tmp_path):
     assert (tmp_path / "cli" / "metrics.json").exists()
 
 
+@trained_model
 def test_ensemble_averages_softmax_of_its_members(trained_run, tmp_path):
     single = evaluate(compose_config([f"ckpt_path={trained_run}"], tmp_path / "one", config_name="evaluate"))
     # The same network twice: the average of two equal softmax outputs is that output.
@@ -97,6 +112,7 @@ def test_ensemble_averages_softmax_of_its_members(trained_run, tmp_path):
     assert every <= round((1 - max(acc)) * n) <= round((1 - min(acc)) * n) <= some  # intersection <= each <= union
 
 
+@trained_model
 def test_test_time_augmentation_is_applied_to_every_member_and_recorded(trained_run, tmp_path):
     args = [f"ckpt_path={trained_run}", f"ensemble=[{trained_run}]", "num_wrong=0"]
     plain = evaluate(compose_config(args, tmp_path / "plain", config_name="evaluate"))

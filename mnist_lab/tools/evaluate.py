@@ -16,7 +16,11 @@ import torch
 import torch.nn.functional as F
 from hydra.utils import instantiate
 from omegaconf import DictConfig
-from torchmetrics.functional.classification import multiclass_confusion_matrix
+from torchmetrics.functional.classification import (
+    multiclass_confusion_matrix,
+    multiclass_precision,
+    multiclass_recall,
+)
 
 from mnist_lab import CONF_DIR
 from mnist_lab.errors import ConfigError, user_errors
@@ -30,9 +34,10 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     from torch.utils.tensorboard import SummaryWriter
 
     from mnist_lab.callbacks.test_report import confusion_figure, misclassified_figure
-    from mnist_lab.checkpoints import find_checkpoint, load_net
+    from mnist_lab.checkpoints import load_net
     from mnist_lab.files import write_json
     from mnist_lab.inference.predictor import probabilities, tta_angles
+    from mnist_lab.weights import find_checkpoint
 
     if cfg.split not in ("test", "val"):
         raise ConfigError(f"split={cfg.split}: choose test or val.")
@@ -64,11 +69,9 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     logits = probs.clamp_min(1e-12).log()  # log of the averaged softmax: cross-entropy stays exact
     preds = probs.argmax(1)
 
-    # 3. Metrics: accuracy, loss, per-class precision/recall from the confusion matrix.
-    confusion = multiclass_confusion_matrix(preds, y, classes)  # rows true, columns predicted
+    # 3. Metrics: accuracy, loss, per-class precision, recall and the confusion matrix.
+    confusion, precision, recall = class_scores(preds, y, classes)
     hits = confusion.diag().float()
-    precision = hits / confusion.sum(0).clamp(min=1)
-    recall = hits / confusion.sum(1).clamp(min=1)
     wrong = (preds != y).nonzero().flatten()
     wrong = wrong[probs[wrong, preds[wrong]].argsort(descending=True)][: cfg.num_wrong]
     s = cfg.split
@@ -136,6 +139,19 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     writer.close()
     console.print(f"metrics.json, figures/ and tensorboard/ in {output_dir}")
     return metrics
+
+
+def class_scores(
+    preds: torch.Tensor, target: torch.Tensor, classes: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The confusion matrix (rows true, columns predicted), per-class precision and per-class recall.
+
+    A class that is never predicted has precision 0; one absent from `target` has recall 0.
+    """
+    confusion = multiclass_confusion_matrix(preds, target, classes)
+    precision = multiclass_precision(preds, target, classes, average=None, zero_division=0)
+    recall = multiclass_recall(preds, target, classes, average=None, zero_division=0)
+    return confusion, precision, recall
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="evaluate")
