@@ -16,7 +16,7 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
-from mnist_lab.data import TorchvisionSource, UCIDigitsSource, to_mnist_form
+from mnist_lab.data import IDXSource, TorchvisionSource, UCIDigitsSource, to_mnist_form
 from mnist_lab.errors import ConfigError, DataError
 from tests.conftest import compose_config
 
@@ -191,3 +191,29 @@ def test_missing_torchvision_dataset_is_a_clear_data_error(tmp_path):
         source.load()
     with pytest.raises(ConfigError, match="not an importable dataset class"):
         TorchvisionSource("torchvision.datasets.Nope", root=str(tmp_path)).load()
+
+
+@pytest.mark.parametrize(
+    "make,key,name,reason",
+    [
+        (
+            lambda name, root: TorchvisionSource(name, root=root),
+            "data.source.dataset",
+            "torchvision.datasets.Nope",
+            "Nope",
+        ),
+        (
+            lambda name, root: TorchvisionSource(name, root=root),
+            "data.source.dataset",
+            "os.path",
+            "a module, not a class",
+        ),
+        (lambda name, root: IDXSource(root, download=name), "data.source.download", "nopackage.MNIST", "nopackage"),
+    ],
+)
+def test_a_bad_dataset_import_path_is_one_config_paragraph(tmp_path, make, key, name, reason):
+    with pytest.raises(ConfigError) as e:
+        make(name, str(tmp_path)).load()
+    message = str(e.value)
+    assert message.startswith(f"{key}={name} is not an importable dataset class") and reason in message
+    assert "\n" not in message and "e.g. torchvision.datasets.MNIST" in message

@@ -99,6 +99,32 @@ def test_labels_per_class_gives_exactly_k_per_class(name):
     assert (len(s.val_y), len(s.test_y)) == TARGETS[name][2][1:]
 
 
+# The splits the recorded transfer study used (experiments/README.md): an md5 of the labels of
+# train, val and test in stored order, with every labelled image and then 10 per class at
+# data.split_seed=3. Another draw of the same sizes changes it.
+PUBLISHED_SPLITS = {
+    "uci_digits": ("dcaae2c5dad5", "602a16ed0f91"),
+    "semeion": ("7f975a86f69b", "130ce288762d"),
+    "usps_test": ("428e971db7c7", "bd0ca7b00dad"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(PUBLISHED_SPLITS))
+def test_splits_are_the_published_ones(name):
+    row = next(line for line in (ROOT_DIR / "README.md").read_text().splitlines() if line.startswith(f"| `{name}` |"))
+    sizes = re.search(r"([\d,]+) (?:train )?/ ([\d,]+) (?:val )?/ ([\d,]+)", row).groups()
+    digests = []
+    for overrides in ((), ("data.labels_per_class=10", "data.split_seed=3")):
+        s = data_module(name, *overrides).splits
+        labels = torch.cat([s.train_y, s.val_y, s.test_y])
+        digests.append(hashlib.md5(labels.numpy().tobytes()).hexdigest()[:12])
+        if not overrides:
+            assert (len(s.train_y), len(s.val_y), len(s.test_y)) == tuple(int(n.replace(",", "")) for n in sizes)
+            counts = torch.bincount(labels, minlength=10)
+            assert torch.bincount(s.test_y, minlength=10).tolist() == [round(0.2 * int(c)) for c in counts]
+    assert tuple(digests) == PUBLISHED_SPLITS[name]
+
+
 # ----- bad files: one paragraph naming the file, what is wrong and the fix -------------------
 SOURCES = {"semeion": SemeionSource, "usps_test": USPSTextSource}
 

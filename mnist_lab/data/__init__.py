@@ -28,7 +28,7 @@ _HOMES = {
     "SemeionSource": "text_digits",
     "USPSTextSource": "text_digits",
     "to_mnist_form": "mnist_form",
-    "stratified_split": "mnist_form",
+    "stratified_sample": "sampling",
     "normalize": "pixels",
 }
 __all__ = sorted(_HOMES)

@@ -16,6 +16,7 @@ import torch
 from mnist_lab.data.augment import RandomAffine
 from mnist_lab.data.batches import TensorBatches
 from mnist_lab.data.pixels import normalize
+from mnist_lab.data.sampling import stratified_sample
 from mnist_lab.data.sources import Source, Splits
 from mnist_lab.errors import ConfigError
 
@@ -154,6 +155,4 @@ def stratified_subset(labels: torch.Tensor, per_class: int, num_classes: int, g:
             f"images of class {counts.argmin().item()} (counts {counts.tolist()}). "
             f"Use a value between 1 and {counts.min().item()}, or null for all labels."
         )
-    order = torch.randperm(len(labels), generator=g)
-    picked = [order[labels[order] == c][:per_class] for c in range(num_classes)]
-    return torch.cat(picked).sort().values
+    return stratified_sample(labels, dict.fromkeys(range(num_classes), per_class), g)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import gzip
-import importlib
 import math
 import struct
 import zlib
@@ -11,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from mnist_lab.data.sources import Splits
+from mnist_lab.data.sources import Splits, dataset_class
 from mnist_lab.errors import DataError
 
 # IDX type codes (LeCun's format description) -> torch dtype, element size in bytes.
@@ -113,12 +112,10 @@ class IDXSource:
             found.append(hit)
         return found
 
-    def _download(self) -> list[Path] | None:
-        module_name, _, class_name = str(self.download).rpartition(".")
-        dataset_class = getattr(importlib.import_module(module_name), class_name)
-        dataset_class(root=str(self.root), train=True, download=True)
-        dataset_class(root=str(self.root), train=False, download=True)
-        return self._find(self.root / class_name / "raw")
+    def _download(self, cls: type) -> list[Path] | None:
+        cls(root=str(self.root), train=True, download=True)
+        cls(root=str(self.root), train=False, download=True)
+        return self._find(self.root / cls.__name__ / "raw")
 
     def train_count(self) -> int | None:
         """The number of training images, from the 8-byte header of the train-images file; None when
@@ -140,9 +137,10 @@ class IDXSource:
     def load(self) -> Splits:
         files = self._find(self.root)
         if files is None and self.download:
-            cached = self._find(self.root / self.download.rpartition(".")[2] / "raw")
+            cls = dataset_class(self.download, "data.source.download")  # a bad name is a config error, not a download's
+            cached = self._find(self.root / cls.__name__ / "raw")
             try:
-                files = cached or self._download()
+                files = cached or self._download(cls)
             except Exception as e:  # no network, a moved mirror, a full disk: all end the same
                 reason = f"downloading with {self.download} failed too ({type(e).__name__}: {e})"
             else:

@@ -77,17 +77,3 @@ def _center_of_mass_shift(x: torch.Tensor, limit: int) -> torch.Tensor:
     # Pixels that come from outside the frame are background (the clamp repeated the edge).
     inside = ((src_r >= 0) & (src_r < 28)).unsqueeze(2) & ((src_c >= 0) & (src_c < 28)).unsqueeze(1)
     return (shifted * inside).unsqueeze(1)
-
-
-def stratified_split(labels: torch.Tensor, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Indices (rest, held out) with round(fraction * count) of every class held out, seeded."""
-    g = torch.Generator().manual_seed(seed)
-    order = torch.randperm(len(labels), generator=g)
-    held = []
-    for c in labels.unique():
-        of_class = order[labels[order] == c]
-        held.append(of_class[: round(fraction * len(of_class))])
-    held_out = torch.cat(held).sort().values
-    mask = torch.ones(len(labels), dtype=torch.bool)
-    mask[held_out] = False
-    return mask.nonzero().flatten(), held_out

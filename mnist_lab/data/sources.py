@@ -9,7 +9,6 @@ download; a new torchvision dataset is a YAML file (see conf/data/usps_download.
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,8 +16,10 @@ from typing import Any, Protocol
 
 import numpy as np
 import torch
+from hydra.utils import get_object
 
-from mnist_lab.data.mnist_form import stratified_split, to_mnist_form
+from mnist_lab.data.mnist_form import to_mnist_form
+from mnist_lab.data.sampling import stratified_sample
 from mnist_lab.errors import ConfigError, DataError
 
 
@@ -32,6 +33,22 @@ class Splits:
     test_y: torch.Tensor
     val_x: torch.Tensor | None = None
     val_y: torch.Tensor | None = None
+
+
+def dataset_class(path: str, key: str) -> type:
+    """The dataset class at the import path `path`, which config key `key` gave; a ConfigError if there is none."""
+    try:
+        found = get_object(path)
+    except Exception as e:  # ImportError, AttributeError, ValueError: a misspelt or missing name
+        reason = " ".join(str(e).split())  # Hydra's message spans three lines
+    else:
+        if isinstance(found, type):
+            return found
+        reason = f"it is a {type(found).__name__}, not a class"
+    raise ConfigError(
+        f"{key}={path} is not an importable dataset class ({reason}). Give the import path of a dataset "
+        "class, e.g. torchvision.datasets.MNIST."
+    )
 
 
 class Source(Protocol):
@@ -66,7 +83,9 @@ class HeldOutTestSource:
     def load(self) -> Splits:
         images, labels = self.images()
         x = to_mnist_form(images, box=self.box, center=True, polarity="keep")  # (N, 1, 28, 28) uint8
-        train, test = stratified_split(labels, self.test_fraction, self.split_seed)
+        counts = {int(c): round(self.test_fraction * int(n)) for c, n in zip(*labels.unique(return_counts=True))}
+        test = stratified_sample(labels, counts, torch.Generator().manual_seed(self.split_seed))
+        train = torch.ones(len(labels), dtype=torch.bool).index_fill_(0, test, False).nonzero().flatten()
         return Splits(x[train], labels[train], x[test], labels[test])
 
 
@@ -122,11 +141,8 @@ class TorchvisionSource:
         self.box, self.center, self.polarity, self.label_offset = box, center, polarity, label_offset
 
     def _open(self, split_args: Mapping[str, Any]):
-        module_name, _, class_name = self.dataset.rpartition(".")
-        try:
-            cls = getattr(importlib.import_module(module_name), class_name)
-        except (ImportError, AttributeError, ValueError) as e:
-            raise ConfigError(f"data.source.dataset={self.dataset} is not an importable dataset class ({e}).") from e
+        cls = dataset_class(self.dataset, "data.source.dataset")
+        class_name = cls.__name__
         kwargs = {**self.args, **split_args}
         try:
             return cls(root=str(self.root), download=False, **kwargs)
