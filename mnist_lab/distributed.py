@@ -5,9 +5,10 @@ that is the whole sweep (every rank would start every job), and in a joblib or s
 it is the worker's own command. `DDPStrategy` below starts `python -m mnist_lab <this job's
 overrides> hydra.run.dir=<this job's run dir>` instead, so single runs, sweeps and every
 launcher behave the same. Under SLURM (one task per GPU) or torchrun the processes already
-exist and nothing is started. Only Lightning's public hooks do it: a `ClusterEnvironment` that
-tells Lightning the processes exist (so its launcher starts none) and the strategy's
-`setup_environment()`, which starts them just before the process group needs them. `ddp_spawn` was the other candidate: it pickles the trainer into
+exist and nothing is started. Only Lightning's public API does it: the strategy's
+`cluster_environment` argument, a `ClusterEnvironment` that tells Lightning the processes exist
+(so its launcher starts none), and the strategy's `setup_environment()`, which starts them just
+before the process group needs them. `ddp_spawn` was the other candidate: it pickles the trainer into
 fresh processes and hands back only some state (the epoch and step counters and our callbacks'
 records stay in the children), and it cannot run one task per GPU under SLURM.
 """
@@ -22,7 +23,14 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import torch
-from pytorch_lightning.plugins.environments import ClusterEnvironment, LightningEnvironment
+from pytorch_lightning.plugins.environments import (
+    ClusterEnvironment,
+    LightningEnvironment,
+    LSFEnvironment,
+    MPIEnvironment,
+    SLURMEnvironment,
+    TorchElasticEnvironment,
+)
 from pytorch_lightning.strategies import DDPStrategy as LightningDDPStrategy
 
 from mnist_lab.errors import ConfigError
@@ -31,6 +39,10 @@ from mnist_lab.errors import ConfigError
 # the next job of a sweep, in the same process, starts its own ranks instead of waiting for old ones.
 _LAUNCH_ENV = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE")
 _children: list[subprocess.Popen] = []
+# The environments the Trainer detects before it falls back to its local one (Lightning 2.6's
+# accelerator connector): their processes exist before the job starts. tests/test_ddp.py fails
+# when Lightning exports another.
+EXTERNAL_ENVIRONMENTS = (TorchElasticEnvironment, SLURMEnvironment, LSFEnvironment, MPIEnvironment)
 
 
 class JobEnvironment(LightningEnvironment):
@@ -54,24 +66,15 @@ class DDPStrategy(LightningDDPStrategy):
     """
 
     def __init__(self, process_group_backend: str | None = None, find_unused_parameters: bool = False) -> None:
-        super().__init__(process_group_backend=process_group_backend, find_unused_parameters=find_unused_parameters)
+        super().__init__(
+            cluster_environment=job_environment(),
+            process_group_backend=process_group_backend,
+            find_unused_parameters=find_unused_parameters,
+        )
         # Lightning advises sync_dist=True for every epoch-level log under DDP. The val/test
         # metrics are torchmetrics objects, already synchronised by compute(); the others
         # (epoch time, frozen groups) are rank 0's own record.
         warnings.filterwarnings("ignore", message=r"It is recommended to use `self\.log\(")
-
-    @property
-    def cluster_environment(self) -> ClusterEnvironment | None:
-        return self._environment
-
-    @cluster_environment.setter
-    def cluster_environment(self, environment: ClusterEnvironment | None) -> None:
-        # The Trainer gives its strategy the environment it detected. SLURM, torchrun & co. and a
-        # process with LOCAL_RANK set (one of our ranks) have every process already; only the
-        # plain local one would have Lightning start ranks, so this job starts them instead.
-        if type(environment) is LightningEnvironment and not environment.creates_processes_externally:
-            environment = JobEnvironment()
-        self._environment = environment
 
     def setup_environment(self) -> None:
         # Before super(): its process group waits for every rank. Once per job: start_ranks()
@@ -79,6 +82,17 @@ class DDPStrategy(LightningDDPStrategy):
         if isinstance(self.cluster_environment, JobEnvironment) and "LOCAL_RANK" not in os.environ:
             start_ranks(self.cluster_environment, self.num_processes, self.num_nodes)
         super().setup_environment()
+
+
+def job_environment() -> JobEnvironment | None:
+    """JobEnvironment where Lightning would start the ranks itself, else None (the Trainer detects the environment).
+
+    SLURM, torchrun & co. and a process with LOCAL_RANK set (one of the ranks start_ranks() started)
+    have every process already; only a plain local start would have Lightning re-run sys.argv.
+    """
+    if "LOCAL_RANK" in os.environ or any(environment.detect() for environment in EXTERNAL_ENVIRONMENTS):
+        return None
+    return JobEnvironment()
 
 
 def start_ranks(environment: ClusterEnvironment, num_processes: int, num_nodes: int) -> None:
@@ -105,7 +119,9 @@ def job_command(local_rank: int) -> tuple[list[str], str]:
             "command line, start the processes yourself with torchrun, or use trainer=cpu / trainer=gpu."
         )
     hc = HydraConfig.get()
-    # The job's own primary config: conf/, or a resumed run's saved .hydra/ (mnist_lab/resume.py).
+    # The job's own primary config: conf/, or a resumed run's saved .hydra/ (mnist_lab/rundir.py).
+    # runtime.config_sources is a field of Hydra's config schema (hydra.conf.RuntimeConf), like
+    # runtime.output_dir; tests/test_ddp.py fails if it stops naming the primary config directory.
     main = next((s for s in hc.runtime.config_sources if s.provider == "main" and s.schema == "file"), None)
     command = [
         sys.executable,
@@ -115,7 +131,7 @@ def job_command(local_rank: int) -> tuple[list[str], str]:
         f"--config-name={hc.job.config_name}",
         *hc.overrides.task,
         # "++": rank 0 made this directory already; `python -m mnist_lab` refuses a plain
-        # hydra.run.dir= that holds a run (mnist_lab/resume.py), which is right for users only.
+        # hydra.run.dir= that holds a run (rundir.resume_argv), which is right for users only.
         f'++hydra.run.dir="{hc.runtime.output_dir}"',
         "hydra.output_subdir=null",  # rank 0 already wrote .hydra/
         f"hydra.job.name=ddp_rank{local_rank}",

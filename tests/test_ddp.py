@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -10,6 +11,7 @@ import pytorch_lightning as pl
 import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
+from pytorch_lightning.plugins.environments import ClusterEnvironment
 
 from mnist_lab.classifier import Classifier
 from mnist_lab.data import TensorBatches
@@ -27,20 +29,74 @@ def test_eval_shards_count_every_sample_once_and_train_shards_match():
 
 
 def test_the_job_not_lightning_starts_the_extra_ranks(monkeypatch):
-    """The Trainer's plain local environment becomes a JobEnvironment; a started rank keeps Lightning's."""
-    from pytorch_lightning.plugins.environments import LightningEnvironment
+    """A plain local start gets a JobEnvironment; a started rank and SLURM keep the environment Lightning detects."""
+    from pytorch_lightning.plugins.environments import LightningEnvironment, SLURMEnvironment
 
     from mnist_lab.distributed import DDPStrategy, JobEnvironment
 
+    def environment():
+        trainer = pl.Trainer(accelerator="cpu", devices=2, strategy=DDPStrategy("gloo"), logger=False)
+        return trainer.strategy.cluster_environment
+
+    for key in [k for k in os.environ if k.startswith(("SLURM_", "TORCHELASTIC_", "LSB_", "OMPI_", "PMI_"))]:
+        monkeypatch.delenv(key)
     monkeypatch.delenv("LOCAL_RANK", raising=False)
-    trainer = pl.Trainer(accelerator="cpu", devices=2, strategy=DDPStrategy("gloo"), logger=False)
-    environment = trainer.strategy.cluster_environment
-    assert type(environment) is JobEnvironment and environment.creates_processes_externally  # Lightning starts none
+    plain = environment()
+    assert type(plain) is JobEnvironment and plain.creates_processes_externally  # Lightning starts none
 
     monkeypatch.setenv("LOCAL_RANK", "1")  # how rank 1 of a job starts (mnist_lab.distributed.start_ranks)
-    strategy = DDPStrategy("gloo")
-    strategy.cluster_environment = LightningEnvironment()  # what the Trainer does
-    assert type(strategy.cluster_environment) is LightningEnvironment
+    assert type(environment()) is LightningEnvironment
+    monkeypatch.delenv("LOCAL_RANK")
+
+    # One task of `srun --ntasks-per-node=2`: SLURM started both processes.
+    slurm = {"SLURM_NTASKS": "2", "SLURM_NTASKS_PER_NODE": "2", "SLURM_JOB_NAME": "train", "SLURM_NODELIST": "n1"}
+    for key, value in {**slurm, "SLURM_PROCID": "0", "SLURM_LOCALID": "0", "SLURM_NODEID": "0"}.items():
+        monkeypatch.setenv(key, value)
+    assert type(environment()) is SLURMEnvironment
+
+
+def test_every_environment_lightning_detects_is_listed_as_one_whose_processes_exist():
+    """Fails when Lightning exports a new ClusterEnvironment: if the Trainer detects it, list it in EXTERNAL_ENVIRONMENTS."""
+    import pytorch_lightning.plugins.environments as environments
+
+    from mnist_lab.distributed import EXTERNAL_ENVIRONMENTS
+
+    exported = {c for c in vars(environments).values() if isinstance(c, type) and issubclass(c, ClusterEnvironment)}
+    # The base class, the local fallback, and the two the Trainer never detects: XLA comes with
+    # the TPU accelerator, Kubeflow is passed as a plugin (its detect() raises).
+    others = {ClusterEnvironment, environments.LightningEnvironment, environments.XLAEnvironment}
+    assert exported - others - {environments.KubeflowEnvironment} == set(EXTERNAL_ENVIRONMENTS)
+
+
+def test_a_started_rank_reruns_this_job_from_its_own_config_directory(tmp_path):
+    """job_command reads the job's primary config directory from HydraConfig (hydra.runtime.config_sources)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict
+
+    from mnist_lab import CONF_DIR
+    from mnist_lab.distributed import job_command
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("config", overrides=["seed=3"], return_hydra_config=True)
+    with open_dict(cfg):
+        cfg.hydra.runtime.output_dir = str(tmp_path / "run")  # set by Hydra when a job runs, not by compose
+    HydraConfig.instance().set_config(cfg)
+    try:
+        command, cwd = job_command(1)
+    finally:
+        HydraConfig.instance().cfg = None
+    assert command[1:] == [
+        "-m",
+        "mnist_lab",
+        f"--config-path={CONF_DIR}",
+        "--config-name=config",
+        "seed=3",
+        f'++hydra.run.dir="{tmp_path / "run"}"',
+        "hydra.output_subdir=null",
+        "hydra.job.name=ddp_rank1",
+    ]
+    assert cwd == cfg.hydra.runtime.cwd
 
 
 def test_ddp_cpu_sweep_survives_a_failing_job_and_tests_to_the_single_process_accuracy(tmp_path):
