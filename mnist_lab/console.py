@@ -1,4 +1,4 @@
-"""What a run shows on the terminal: the config, the end-of-run summary, a sweep's report, and less library noise."""
+"""What a run shows on the terminal: the config, the end-of-run summary, and less library noise."""
 
 from __future__ import annotations
 
@@ -15,7 +15,6 @@ import rich.panel
 import rich.syntax
 import rich.table
 import rich.tree
-from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 
@@ -107,26 +106,6 @@ def print_interrupted(run_dir: str | Path) -> None:
     )
     where = [("run directory", run), ("state", _shown(Path(run_dir) / "checkpoints" / "last.ckpt"))]
     _print_where(where, "continue it with", [f"mnist-lab resume={run}"])
-
-
-class SweepReport(Callback):
-    """A Hydra callback (conf/hydra/default.yaml): a multirun ends by printing `mnist-lab report <sweep dir>`.
-
-    Hydra calls on_multirun_end only when every job returned (a failed job makes the sweep
-    raise before it); the failure message then names the report command instead.
-    """
-
-    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        from mnist_lab.errors import failure_message
-        from mnist_lab.tools.report import report
-
-        sweep_dir = Path(config.hydra.sweep.dir)
-        try:
-            text = report(sweep_dir)
-        except Exception as e:  # the sweep itself has finished: a report that fails must not fail it
-            print(f"\n(no sweep report for {sweep_dir}: {failure_message(e)})")
-            return
-        print(f"\n{text}", end="")
 
 
 # ----- library noise ------------------------------------------------------------------------

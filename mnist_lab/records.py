@@ -12,6 +12,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch.utils.tensorboard.summary import hparams
 
 import mnist_lab
+from mnist_lab.sweepdir import swept_keys
 
 # The final metrics a run reports; the HParams tab shows these beside its hyper-parameters.
 HPARAM_METRICS = ("test/acc", "test/loss", "val/acc_best", "train_seconds")
@@ -168,24 +169,6 @@ def hydra_record(output_dir: Path) -> DictConfig | None:
     """Hydra's record of how the run in `output_dir` was composed (its first start's, when resumed), or None."""
     path = output_dir / ".hydra" / "hydra.yaml"  # resume= writes its own record to .hydra/resume-*/
     return cast(DictConfig, OmegaConf.load(path).hydra) if path.is_file() else None
-
-
-def swept_keys(output_dir: Path) -> list[str]:
-    """The keys that the sweep `output_dir` is a job of varies (from the sweep's multirun.yaml), else []."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    # Hydra writes multirun.yaml into the sweep directory; a job is its subdir (the job or trial number).
-    record = next((p / "multirun.yaml" for p in output_dir.parents[:2] if (p / "multirun.yaml").is_file()), None)
-    if record is None:
-        return []
-    sweep = OmegaConf.load(record).hydra
-    try:
-        overrides = OverridesParser.create().parse_overrides(list(sweep.overrides.task))
-    except Exception:  # a record that this Hydra cannot parse: no keys rather than no HParams tab
-        return []
-    keys = [o.key_or_group for o in overrides if o.is_sweep_override()]
-    keys += [str(k) for k in (OmegaConf.select(sweep, "sweeper.params") or {})]  # e.g. an Optuna search space
-    return [k.replace(".", "/") for k in dict.fromkeys(keys)]
 
 
 def overridden_keys(record: DictConfig | None) -> list[str]:

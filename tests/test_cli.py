@@ -80,7 +80,7 @@ def test_multirun_gives_one_run_dir_per_job(tmp_path):
     assert targets == {True}
     overrides = {p.parent.joinpath(".hydra/overrides.yaml").read_text().count("model=") for p in runs}
     assert overrides == {1}
-    # The sweep ends with its report (mnist_lab.console.SweepReport), as `mnist-lab report` prints it.
+    # The sweep ends with its report (mnist_lab.tools.report.SweepReport), as `mnist-lab report` prints it.
     report = (tmp_path / "sweep" / "report.md").read_text()
     assert result.stdout.endswith(report) and "| job | model | status | test/acc |" in report
 

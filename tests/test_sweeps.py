@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import optuna
 import pytest
@@ -13,7 +14,7 @@ from tensorboard.backend.event_processing.event_multiplexer import EventMultiple
 from tensorboard.plugins.hparams import plugin_data_pb2
 
 from mnist_lab.tools.report import report
-from tests.conftest import TINY
+from tests.conftest import TINY, compose_config
 
 # Two test batches of 500 and 500 validation images: each job of a sweep takes seconds.
 SMALL = [o for o in TINY if not o.startswith("trainer.limit_test_batches")] + ["trainer.limit_test_batches=1"]
@@ -89,13 +90,32 @@ def hparams_data(tb: EventMultiplexer, run: str):
 
 
 def test_a_sweep_report_that_fails_is_one_line_not_a_failed_sweep(tmp_path, capsys):
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
-    from mnist_lab.console import SweepReport
+    from mnist_lab import CONF_DIR
 
-    SweepReport().on_multirun_end(OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}}}))
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        hydra_cfg = compose("config", return_hydra_config=True).hydra
+    callback = instantiate(hydra_cfg.callbacks.sweep_report)  # conf/hydra/default.yaml's _target_
+    callback.on_multirun_end(OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}}}))
     out = capsys.readouterr().out.strip()
     assert out.startswith(f"(no sweep report for {tmp_path}: ") and "holds no sweep jobs" in out and "\n" not in out
+
+
+def test_the_terminal_module_imports_no_command():
+    """console.py is in the run layer: the sweep report's callback lives with the command, in tools/report.py."""
+    import ast
+
+    import mnist_lab.console
+
+    tree = ast.parse(Path(mnist_lab.console.__file__).read_text())
+    modules = [n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
+    modules += [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
+    assert [m for m in modules if m.startswith("mnist_lab.tools")] == []
 
 
 def test_submitit_local_runs_each_job_in_its_own_process(tmp_path):
@@ -231,3 +251,78 @@ def test_report_gives_each_settings_spread_over_seeds(tmp_path):
         ["128", "0", "98.00 ± 0.00", "98.00", "98.00", "5.00", "5.50"],
     ]
     assert (tmp_path / "report.md").read_text() == text
+
+
+def test_sweep_directory_reader_gives_each_jobs_status_metrics_and_message(tmp_path):
+    """One reader for `mnist-lab report` and `finetune_table`: finished, pruned, failed, incomplete."""
+    from mnist_lab.sweepdir import jobs
+
+    def job(n: str, **files: str) -> None:
+        (tmp_path / n / ".hydra").mkdir(parents=True)
+        (tmp_path / n / ".hydra" / "overrides.yaml").write_text(f"- seed={n}\n- '+callbacks.x={{a:1}}'\n")
+        for name, text in files.items():
+            (tmp_path / n / name.replace("_", ".")).write_text(text)
+
+    job("0", metrics_json='{"test/acc": 0.9}')
+    job("1", metrics_json='{"test/acc": 0.5}', pruned_json='{"reason": "pruned after epoch 0: val/acc 0.1"}')
+    job("2", error_txt="data.batch_size=-4 is\nnot positive\n\nTraceback (most recent call last):\n  ...")
+    job("3")
+    (tmp_path / "report.md").write_text("")  # beside the jobs, not one
+    found = jobs(tmp_path)
+    assert [(j.dir.name, j.status) for j in found] == [
+        ("0", "ok"),
+        ("1", "pruned"),
+        ("2", "failed"),
+        ("3", "incomplete"),
+    ]
+    assert found[0].overrides == {"seed": "0", "+callbacks.x": "{a:1}"} and found[0].metrics == {"test/acc": 0.9}
+    assert found[1].message == "pruned after epoch 0: val/acc 0.1" and found[1].metrics["test/acc"] == 0.5
+    assert found[2].message == "data.batch_size=-4 is not positive" and found[2].metrics == {}
+    assert found[3].message is None and jobs(tmp_path / "3" / ".hydra") == []
+
+
+def test_the_override_grammar_that_the_sweeper_and_hparams_rely_on():
+    """Hydra's OverridesParser, used in one place (sweepdir.parse_overrides): fails if its results change."""
+    from hydra.core.override_parser.types import ChoiceSweep, IntervalSweep, RangeSweep
+
+    from mnist_lab.sweepdir import parse_overrides
+
+    lines = ["lr=0.1,0.2", "lr=choice(0.1,0.2)", "seed=range(0,3)", "lr=tag(log,interval(1e-4,1e-1))", "+x=5e-2"]
+    choices, choice, seeds, interval, plain = parse_overrides([*lines, "model=cnn"])[:5]
+    assert [o.is_sweep_override() for o in (choices, choice, seeds, interval, plain)] == [True] * 4 + [False]
+    assert isinstance(choices.value(), ChoiceSweep) and choices.value().list == choice.value().list == [0.1, 0.2]
+    assert isinstance(seeds.value(), RangeSweep) and list(seeds.value().range()) == [0, 1, 2]
+    assert (seeds.value().start, seeds.value().stop, seeds.value().step) == (0, 3, 1)
+    assert isinstance(interval.value(), IntervalSweep) and interval.value().tags == {"log"}
+    assert (interval.value().start, interval.value().end) == (1e-4, 0.1)
+    assert (plain.key_or_group, plain.get_key_element(), plain.get_value_element_as_str()) == ("x", "+x", "0.05")
+    assert choice.key_or_group == choice.get_key_element() == "lr"
+
+
+def test_hparams_summary_is_written_beside_the_runs_scalars_with_the_swept_key_first(tmp_path):
+    """records.log_hparams through public writers: TensorBoard reads one run with its HParams and train time."""
+    from pytorch_lightning.loggers import TensorBoardLogger
+
+    from mnist_lab.records import log_hparams
+
+    sweep, run = tmp_path / "sweep", tmp_path / "sweep" / "0"
+    (run / ".hydra").mkdir(parents=True)
+    (sweep / "multirun.yaml").write_text("hydra:\n  overrides:\n    task: ['seed=3,4', trainer.max_epochs=1]\n")
+    choices = "{model: cnn, optimizer: sgd}"
+    (run / ".hydra" / "hydra.yaml").write_text(
+        f"hydra:\n  overrides:\n    task: [seed=3, trainer.max_epochs=1]\n  runtime:\n    choices: {choices}\n"
+    )
+    cfg = compose_config(["seed=3", "trainer.max_epochs=1"], run)
+    logger = TensorBoardLogger(str(run / "tensorboard"), name="", version="")
+    metrics = {"test/acc": 0.9, "test/loss": 0.3, "val/acc_best": 0.91, "train_seconds": 12.5, "global_steps": 8}
+    log_hparams(logger, cfg, metrics)
+    logger.finalize("success")
+
+    tb = EventMultiplexer()
+    tb.AddRunsFromDirectory(str(run))
+    tb.Reload()
+    assert tb.Runs().keys() == {"tensorboard"}  # the HParams summary and the scalars: one run
+    assert tb.Scalars("tensorboard", "time/train_seconds")[0].value == 12.5
+    experiment, hparams = hparams_data(tb, "tensorboard")
+    assert hparams["seed"].number_value == 3 and hparams["model"].string_value == "cnn"
+    assert [i.name for i in experiment.hparam_infos if i.differs] == ["seed"] == [experiment.hparam_infos[0].name]

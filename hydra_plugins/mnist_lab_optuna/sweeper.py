@@ -21,7 +21,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import ChoiceSweep, IntervalSweep, Override, RangeSweep
 from hydra.core.utils import JobReturn, JobStatus
 from hydra.plugins.sweeper import Sweeper
@@ -67,10 +66,11 @@ class OptunaSweeper(Sweeper):
         from hydra.utils import instantiate
 
         from mnist_lab.search import open_storage
+        from mnist_lab.sweepdir import parse_overrides
 
         assert self.config is not None and self.launcher is not None and self.hydra_context is not None
-        parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
-        overrides = parser.parse_overrides([f"{k}={v}" for k, v in self.params.items()] + list(arguments))
+        lines = [f"{k}={v}" for k, v in self.params.items()] + list(arguments)
+        overrides = parse_overrides(lines, self.hydra_context.config_loader)
         space, fixed = {}, {}
         for override in overrides:  # later ones (the command line) win
             key = override.get_key_element()

@@ -13,7 +13,6 @@ status is 1 when there are any.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 from collections import defaultdict
@@ -22,6 +21,8 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
+from mnist_lab import sweepdir
+from mnist_lab.checkpoints import load_file
 from mnist_lab.errors import user_errors
 
 ZERO_SHOT = "zero-shot"
@@ -31,27 +32,24 @@ def read_jobs(sweep_dirs: list[Path]) -> tuple[list[dict], list[str]]:
     """Every job under the sweep directories: target, strategy, labels per class, seed, metrics."""
     jobs, problems = [], []
     for sweep in sweep_dirs:
-        for job in sorted(p.parent.parent for p in sweep.glob("*/.hydra/config.yaml")):
-            cfg = OmegaConf.load(job / ".hydra" / "config.yaml")
-            choices = OmegaConf.load(job / ".hydra" / "hydra.yaml").hydra.runtime.choices
+        for job in sweepdir.jobs(sweep):
+            cfg, choices = job.config(), job.choices()
             strategy = choices.finetune if cfg.finetune.checkpoint else "scratch"
             labels = "all" if cfg.data.labels_per_class is None else int(cfg.data.labels_per_class)
-            if not (job / "metrics.json").exists():
-                error_file = job / "error.txt"
-                error = error_file.read_text().split("\n")[0] if error_file.exists() else "no metrics.json"
-                problems.append(f"{job}: {strategy}, labels_per_class={cfg.data.labels_per_class}: {error}")
+            if not job.metrics:  # failed, or not finished
+                error = job.message or "no metrics.json"
+                problems.append(f"{job.dir}: {strategy}, labels_per_class={cfg.data.labels_per_class}: {error}")
                 continue
-            metrics = json.loads((job / "metrics.json").read_text())
             jobs.append(
                 {
-                    "job": job,
+                    "job": job.dir,
                     "target": choices.get("data", "data"),
                     "strategy": strategy,
                     "labels": labels,
                     "seed": cfg.seed,
-                    "acc": metrics["test/acc"],
-                    "seconds": metrics["train_seconds"],
-                    "unfreezes": _plateau_events(job),
+                    "acc": job.metrics["test/acc"],
+                    "seconds": job.metrics["train_seconds"],
+                    "unfreezes": _plateau_events(job.dir),
                 }
             )
     return jobs, problems
@@ -62,9 +60,7 @@ def _plateau_events(job: Path) -> dict[int, str]:
     last = job / "checkpoints" / "last.ckpt"
     if not last.is_file():
         return {}
-    import torch
-
-    state = torch.load(last, map_location="cpu", weights_only=True).get("finetune") or {}
+    state = load_file(last, "checkpoint").get("finetune") or {}
     return {int(e): g for e, g in state.get("plateau_events", {}).items()}
 
 

@@ -1,9 +1,9 @@
 """`python -m mnist_lab report <multirun dir>`: one table of a sweep's jobs, best first.
 
-Each job directory holds `.hydra/overrides.yaml` and either `metrics.json` (finished),
-`error.txt` (failed: message, then traceback) or neither (still running, or killed). The
-table shows the overrides that differ between jobs against the final metrics; it is
-printed and written as `report.md` and `report.csv` into the multirun directory.
+The jobs are read by mnist_lab.sweepdir (finished, pruned, failed or incomplete). The table
+shows the overrides that differ between jobs against the final metrics; it is printed and
+written as `report.md` and `report.csv` into the multirun directory. A multirun ends by
+printing it (SweepReport, conf/hydra/default.yaml).
 """
 
 from __future__ import annotations
@@ -11,15 +11,16 @@ from __future__ import annotations
 import argparse
 import csv
 import io
-import json
 import statistics
 import sys
 from pathlib import Path
 from typing import Any
 
-from omegaconf import OmegaConf
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
 
-from mnist_lab.errors import UserError, user_errors
+from mnist_lab import sweepdir
+from mnist_lab.errors import UserError, failure_message, user_errors
 from mnist_lab.files import write_atomic
 
 METRICS = ("test/acc", "val/acc_best", "test/loss", "epochs", "train_seconds", "test_seconds")
@@ -31,43 +32,24 @@ class ReportError(UserError):
     """A directory that holds no sweep jobs."""
 
 
-def read_job(job_dir: Path) -> dict[str, Any]:
-    """One job's overrides, status, metrics and error message."""
-    overrides = OmegaConf.to_container(OmegaConf.load(job_dir / ".hydra" / "overrides.yaml")) or []
-    row: dict[str, Any] = {"job": str(job_dir), "overrides": {}}
-    for item in overrides:
-        key, _, value = str(item).partition("=")
-        if not key.startswith(HIDDEN_OVERRIDES):
-            row["overrides"][key] = value
-    if (job_dir / "metrics.json").exists():
-        metrics = json.loads((job_dir / "metrics.json").read_text())
-        row.update({k: metrics.get(k) for k in METRICS})
-        pruned = job_dir / "pruned.json"
-        row["status"] = "pruned" if pruned.exists() else "ok"
-        if pruned.exists():
-            row["error"] = json.loads(pruned.read_text()).get("reason", "pruned")
-    elif (job_dir / "error.txt").exists():
-        row["status"] = "failed"
-        # The message is everything before the traceback, on one line.
-        message = (job_dir / "error.txt").read_text().split("\n\nTraceback")[0]
-        row["error"] = " ".join(message.split())
-    else:
-        row["status"] = "incomplete"
-    return row
+def row(job: sweepdir.Job) -> dict[str, Any]:
+    """One job as a row: its shown overrides, status, final metrics and message."""
+    overrides = {k: v for k, v in job.overrides.items() if not k.startswith(HIDDEN_OVERRIDES)}
+    values = {"job": str(job.dir), "overrides": overrides, "status": job.status}
+    return {**values, **{k: job.metrics.get(k) for k in METRICS}, "error": job.message or ""}
 
 
 def collect(sweep_dir: Path, sort_by: str = "test/acc") -> tuple[list[str], list[dict[str, Any]]]:
     """The varying override keys and one row per job, best `sort_by` first, failures last."""
-    job_dirs = sorted(p.parent.parent for p in sweep_dir.glob("**/.hydra/overrides.yaml"))
-    if not job_dirs:
+    rows = [row(job) for job in sweepdir.jobs(sweep_dir)]
+    if not rows:
         raise ReportError(
-            f"{sweep_dir} holds no sweep jobs (no */.hydra/overrides.yaml below it). Pass the directory a "
+            f"{sweep_dir} holds no sweep jobs (no */.hydra/ below it). Pass the directory a "
             "multirun wrote, e.g. multirun/<date>/<time>, the one that holds the numbered job directories."
         )
-    rows = [read_job(d) for d in job_dirs]
     keys = sorted({k for r in rows for k in r["overrides"]})
     varying = [k for k in keys if len({r["overrides"].get(k) for r in rows}) > 1]
-    order = {"ok": 0, "pruned": 1, "failed": 2, "incomplete": 3}
+    order = {status: n for n, status in enumerate(sweepdir.STATUSES)}
 
     def rank(r: dict[str, Any]) -> tuple:
         value = r.get(sort_by)
@@ -103,7 +85,7 @@ def table(
         cells.append(
             [job, *(short(r["overrides"].get(k, "")) for k in varying), r["status"]]
             + [fmt(r.get(m)) for m in METRICS]
-            + [r.get("error", "")]
+            + [r["error"]]
         )
     return header, cells
 
@@ -160,7 +142,7 @@ def report(sweep_dir: str | Path, sort_by: str = "test/acc") -> str:
         raise ReportError(f"{sweep_dir} is not a directory: pass the multirun directory of a sweep.")
     varying, rows = collect(sweep_dir, sort_by)
     header, cells = table(varying, rows, sweep_dir)
-    counts = {s: sum(r["status"] == s for r in rows) for s in ("ok", "pruned", "failed", "incomplete")}
+    counts = {s: sum(r["status"] == s for r in rows) for s in sweepdir.STATUSES}
     summary = ", ".join(f"{n} {s}" for s, n in counts.items() if n)
     text = markdown(header, cells, f"Sweep {sweep_dir} ({len(rows)} jobs: {summary}; sorted by {sort_by})")
     if "seed" in varying:
@@ -173,6 +155,23 @@ def report(sweep_dir: str | Path, sort_by: str = "test/acc") -> str:
     write_atomic(sweep_dir / "report.md", text)
     write_atomic(sweep_dir / "report.csv", buffer.getvalue())
     return text
+
+
+class SweepReport(Callback):
+    """A Hydra callback (conf/hydra/default.yaml): a multirun ends by printing `mnist-lab report <sweep dir>`.
+
+    Hydra calls on_multirun_end only when every job returned (a failed job makes the sweep
+    raise before it); the failure message then names the report command instead.
+    """
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep_dir = Path(config.hydra.sweep.dir)
+        try:
+            text = report(sweep_dir)
+        except Exception as e:  # the sweep itself has finished: a report that fails must not fail it
+            print(f"\n(no sweep report for {sweep_dir}: {failure_message(e)})")
+            return
+        print(f"\n{text}", end="")
 
 
 def main(argv: list[str] | None = None) -> int:
