@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, cast
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
+from torch.utils.tensorboard import FileWriter
 from torch.utils.tensorboard.summary import hparams
 
 import mnist_lab
@@ -233,13 +234,17 @@ def log_hparams(logger: Any, cfg: DictConfig, metrics: dict[str, Any]) -> None:
     # so it is logged here under a tag of its own and the HParams tab links that tag.
     tags = {k: "time/train_seconds" if k == "train_seconds" else k for k in HPARAM_METRICS}
     final = {tags[k]: float(metrics[k]) for k in HPARAM_METRICS if metrics.get(k) is not None}
-    writer = logger.experiment  # a SummaryWriter; add_scalar opens its event file (writer.file_writer)
+    writer = logger.experiment  # a SummaryWriter
     writer.add_scalar(tags["train_seconds"], metrics["train_seconds"], metrics["global_steps"])
+    writer.flush()
     experiment, start, end = hparams(params, final)
     _mark_differs(experiment, set(swept) or set(overridden_keys(record)))
+    # SummaryWriter writes scalars, not summaries: the three go to an event file of their own in
+    # the same directory, which TensorBoard reads as part of the same run.
+    summaries = FileWriter(writer.get_logdir(), filename_suffix=".hparams")
     for summary in (experiment, start, end):
-        writer.file_writer.add_summary(summary)
-    writer.flush()
+        summaries.add_summary(summary)
+    summaries.close()
 
 
 def _mark_differs(experiment: Any, names: set[str]) -> None:
