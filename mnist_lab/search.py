@@ -50,6 +50,9 @@ def trial_id(storage: optuna.storages.BaseStorage, study_name: str, number: int)
     return storage.get_trial_id_from_study_id_trial_number(storage.get_study_id_from_name(study_name), number)
 
 
+# Not optuna-integration's PyTorchLightningPruningCallback (5.0): it imports the `lightning` package
+# (a second Lightning beside pytorch_lightning); it raises TrialPruned (a failed job: no test, no
+# pruned.json) where this one stops the run; and under DDP it takes only a database storage.
 class OptunaPruning(pl.Callback):
     """Report `monitor` after each validation to an Optuna trial; stop the run if it is pruned.
 
