@@ -1,7 +1,7 @@
 """mnist_lab's `train(cfg)` against a hand-optimised plain PyTorch loop doing the same arithmetic.
 
     python benchmarks/parity.py                                  # 3 alternating repetitions, 3 epochs, fp32 and bf16
-    python benchmarks/parity.py --reps 1 --epochs 1 --limit-batches 5   # smoke run
+    python benchmarks/parity.py --reps 1 --epochs 1 --limit-batches 3 --limit-eval-batches 1 --matmul-size 256   # smoke run
     python benchmarks/parity.py --device cuda --reps 3 --epochs 2       # on a GPU
 
 Both sides train `experiment=seed_baseline` with the same seed: the DigitsDataModule's uint8
@@ -14,7 +14,9 @@ path of benchmarks/compare_article.py (validation every epoch, TensorBoard, chec
 test of the best checkpoint); its `epoch_seconds` excludes validation, and the plain loop
 times only its training batches. Each repetition runs both sides in fresh subprocesses, in
 alternating order, and a 2048x2048 matmul in each precision (the roofline: `of mm` is a
-side's GFLOP/s over that rate). Prints per precision each side's median epoch, images/s,
+side's GFLOP/s over that rate). A smoke run keeps the matmul small (`--matmul-size`) and
+tests (and validates) on `--limit-eval-batches` batches: on a CPU without native bf16 the
+bf16 half is emulated, which makes a 2048x2048 bf16 matmul take minutes. Prints per precision each side's median epoch, images/s,
 GFLOP/s, and mnist_lab's overhead in percent of the plain loop's epoch, per repetition too.
 
 `--device cuda` trains both sides on the GPU, every image in its memory (the plain loop's
@@ -69,7 +71,7 @@ def plain_setup(seed: int, overrides: list[str] = (), device: str = "cpu"):
     net = instantiate(cfg.model).to(device, memory_format=cl)
     optimizer = instantiate(cfg.optimizer)(net.parameters())
     train_x, train_y = data.train_x.to(device), data.train_y.to(device)
-    batches = TensorBatches(train_x, train_y, cfg.data.batch_size, True, cfg.data.split_seed)
+    batches = TensorBatches(train_x, train_y, cfg.data.batch_size, True, cfg.data.seed)  # mnist_lab's epoch order
     return cfg, data, net, optimizer, batches, cl
 
 
@@ -80,8 +82,12 @@ def run_plain(
     precision: str,
     overrides: list[str] = (),
     device: str = "cpu",
+    limit_eval_batches: int | None = None,
 ) -> dict:
     """The hand-written loop on mnist_lab's data, model and optimizer config; returns timings and test accuracy.
+
+    The test set is read in order; `limit_eval_batches` tests only its first batches, as
+    Lightning's limit_test_batches does on mnist_lab's side.
 
     `step_marks` holds, per training step, the perf_counter times of its start (the intervals
     between starts are whole steps: fetching the batch, normalising it, forward, backward,
@@ -131,16 +137,19 @@ def run_plain(
         synchronize(device)
         epoch_seconds.append(time.perf_counter() - start)
 
-    correct = 0
+    correct = tested = 0
     test_x, test_y = data.test_x.to(device), data.test_y.to(device)
     with torch.no_grad(), torch.autocast(device_type, dtype=torch.bfloat16, enabled=bf16):
-        for x, y in TensorBatches(test_x, test_y, cfg.data.eval_batch_size, False):
+        for i, (x, y) in enumerate(TensorBatches(test_x, test_y, cfg.data.eval_batch_size, False)):
+            if limit_eval_batches is not None and i >= limit_eval_batches:
+                break
             correct += (net(normalize(x, mean, std).contiguous(memory_format=cl)).argmax(1) == y).sum().item()
+            tested += len(y)
     return {
         "epoch_seconds": epoch_seconds,
         "step_marks": step_marks,
         "images": images,
-        "test_acc": correct / len(data.test_y),
+        "test_acc": correct / tested,
         "precision": precision,
         "train_flops_per_image": train_flops_per_image(instantiate(cfg.model)),
     }
@@ -148,18 +157,38 @@ def run_plain(
 
 def worker(args: argparse.Namespace) -> None:
     if args.worker == "plain":
-        result = run_plain(args.epochs, args.limit_batches, args.seed, args.precision[0], device=args.device)
+        result = run_plain(
+            args.epochs,
+            args.limit_batches,
+            args.seed,
+            args.precision[0],
+            device=args.device,
+            limit_eval_batches=args.limit_eval_batches,
+        )
         del result["step_marks"]  # benchmarks/step_overhead.py's; thousands of numbers an epoch
     else:
         overrides = [f"trainer.precision={args.precision[0]}", *MNIST_LAB_ON[args.device]]
+        if args.limit_eval_batches:
+            n = args.limit_eval_batches
+            overrides += [f"trainer.limit_val_batches={n}", f"trainer.limit_test_batches={n}"]
         result = run_mnist_lab(args.epochs, args.limit_batches, args.seed, overrides)
     emit(result)
 
 
-def spawn(kind: str, seed: int, precision: str, *, epochs: int, limit_batches: int | None, device: str) -> dict:
+def spawn(
+    kind: str,
+    seed: int,
+    precision: str,
+    *,
+    epochs: int,
+    limit_batches: int | None,
+    limit_eval_batches: int | None,
+    device: str,
+) -> dict:
     """One run of `kind` ("plain" or "mnist_lab") in `precision` on `device`, in a fresh process."""
     args = ["--worker", kind, "--epochs", epochs, "--seed", seed, "--precision", precision, "--device", device]
     args += ["--limit-batches", limit_batches] if limit_batches else []
+    args += ["--limit-eval-batches", limit_eval_batches] if limit_eval_batches else []
     return run_worker(__file__, *args, name=f"{kind} {precision} run")
 
 
@@ -168,6 +197,10 @@ def main() -> None:
     p.add_argument("--reps", type=int, default=3)
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--limit-batches", type=int, default=None, help="train only this many batches per epoch")
+    p.add_argument(
+        "--limit-eval-batches", type=int, default=None, help="validate and test only this many batches (smoke runs)"
+    )
+    p.add_argument("--matmul-size", type=int, default=2048, help="n of the roofline's n x n matmul (smoke runs: 256)")
     p.add_argument("--seed", type=int, default=0, help="seed of the first repetition (repetition r: seed + r)")
     p.add_argument("--precision", nargs="+", default=["32-true", "bf16-mixed"], choices=["32-true", "bf16-mixed"])
     p.add_argument("--device", choices=list(MNIST_LAB_ON), default="cpu", help="both sides train here")
@@ -191,6 +224,7 @@ def main() -> None:
                     precision,
                     epochs=args.epochs,
                     limit_batches=args.limit_batches,
+                    limit_eval_batches=args.limit_eval_batches,
                     device=args.device,
                 )
                 runs[precision][kind].append(r)
@@ -199,7 +233,7 @@ def main() -> None:
                     f"  test acc {r['test_acc']:.4f}",
                     flush=True,
                 )
-            mm[precision].append(matmul_gflops(matmul_dtype(precision), device=args.device))
+            mm[precision].append(matmul_gflops(matmul_dtype(precision), n=args.matmul_size, device=args.device))
 
     from mnist_lab.records import machine_record
 
@@ -233,7 +267,7 @@ def main() -> None:
             **rows,
         }
         print(
-            f"\n{precision}: matmul 2048x2048 {rate:.1f} GFLOP/s (per rep "
+            f"\n{precision}: matmul {args.matmul_size}x{args.matmul_size} {rate:.1f} GFLOP/s (per rep "
             + " ".join(f"{v:.1f}" for v in mm[precision])
             + ")"
         )

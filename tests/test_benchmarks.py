@@ -16,10 +16,12 @@ import torch
 from mnist_lab import ROOT_DIR
 
 
-def run_benchmark(script: str, *args: str) -> subprocess.CompletedProcess:
-    """`python benchmarks/<script> args...` from the repository root, its output captured."""
+def run_benchmark(script: str, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """`python benchmarks/<script> args...` from the repository root, its output captured; `env` added to ours."""
     cmd = [sys.executable, f"benchmarks/{script}", *args]
-    return subprocess.run(cmd, cwd=ROOT_DIR, capture_output=True, text=True, timeout=600)
+    return subprocess.run(
+        cmd, cwd=ROOT_DIR, capture_output=True, text=True, timeout=600, env={**os.environ, **(env or {})}
+    )
 
 
 def test_compare_article_smoke(tmp_path):
@@ -41,9 +43,17 @@ def test_compare_article_smoke(tmp_path):
 
 
 def test_parity_smoke(tmp_path):
+    # Sizes cheap where bf16 is emulated (no AVX512_BF16 or AMX, e.g. a Zen 3): there one
+    # 2048x2048 bf16 matmul took 3 minutes and a bf16 training step of 64 images 1.5 s (one
+    # thread, oneDNN and ATen capped to AVX2). So: a 256x256 matmul, 3 training batches, one
+    # batch of 256 to validate and test. The run stands in for such a CPU on every machine
+    # (the same caps, bf16_isa.py's "avx2"), so a size that is slow there fails here too.
     out = tmp_path / "parity.json"
-    result = run_benchmark("parity.py", "--reps", "1", "--epochs", "1", "--limit-batches", "5", "--json", str(out))
+    sizes = "--limit-batches 3 --limit-eval-batches 1 --matmul-size 256".split()
+    emulated = benchmark_module("bf16_isa").ISAS["avx2"]
+    result = run_benchmark("parity.py", "--reps", "1", "--epochs", "1", *sizes, "--json", str(out), env=emulated)
     assert result.returncode == 0, result.stderr[-3000:]
+    assert "bf16-mixed: matmul 256x256" in result.stdout
     for precision in ("32-true", "bf16-mixed"):
         assert f"overhead {precision}: " in result.stdout and "% of the plain loop's epoch" in result.stdout
     recorded = json.loads(out.read_text())
@@ -203,16 +213,18 @@ def test_augment_benchmark_smoke():
 
 def test_speedrun_benchmark_smoke(tmp_path):
     out = tmp_path / "speedrun.json"
-    args = "--seeds 1 --article-reps 1 --limit-batches 3 --preset speedrun_bf16".split()
+    # one test batch: the preset trains in bf16, which a CPU without native bf16 emulates slowly
+    preset = "speedrun_bf16 trainer.limit_test_batches=1"
+    args = ["--seeds", "1", "--article-reps", "1", "--limit-batches", "3", "--preset", preset]
     result = run_benchmark("speedrun.py", *args, "--json", str(out))
     assert result.returncode == 0, result.stderr[-3000:]
     assert "article loop: median epoch" in result.stdout and "not met" in result.stdout  # 3 batches reach no 99%
     recorded = json.loads(out.read_text())
     assert recorded["machine"]["cpu_cores"] >= 1 and recorded["article_epoch_s"] > 0
     (row,) = recorded["summary"]
-    assert row["preset"] == "speedrun_bf16" and row["median_train_s"] > 0 and row["targets_met"] is False
+    assert row["preset"] == preset and row["median_train_s"] > 0 and row["targets_met"] is False
     assert row["ratio_vs_article_epoch"] == row["median_train_s"] / recorded["article_epoch_s"]
-    (run,) = recorded["runs"]["speedrun_bf16"]
+    (run,) = recorded["runs"][preset]
     assert run["precision"] == "bf16-mixed"  # the preset's own config reached train(cfg)
 
 
@@ -233,7 +245,8 @@ def test_speedrun_benchmark_spreads_the_article_runs():
 
 def test_bf16_isa_smoke(tmp_path):
     out = tmp_path / "isa.json"
-    result = run_benchmark("bf16_isa.py", "--isa", "native", "--blocks", "1", "--steps", "2", "--json", str(out))
+    args = "--isa native --batch 16 --blocks 1 --steps 2".split()  # batch 16: cheap where bf16 is emulated
+    result = run_benchmark("bf16_isa.py", *args, "--json", str(out))
     assert result.returncode == 0, result.stderr[-3000:]
     recorded = json.loads(out.read_text())
     results = recorded["results"]
