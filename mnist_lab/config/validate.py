@@ -26,7 +26,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from mnist_lab import CONF_DIR
 from mnist_lab.config.crosschecks import check_across
-from mnist_lab.config.objects import Built, Problem, build_and_check
+from mnist_lab.config.objects import Problem, check_objects
 from mnist_lab.config.origins import Origins
 from mnist_lab.config.rules import PATH_KEYS, RULES, is_int
 from mnist_lab.config.types import conforms, describe, type_hints
@@ -37,10 +37,11 @@ from mnist_lab.pretrained import BUNDLED
 INSTANTIATE_KEYS = {"_target_", "_partial_", "_recursive_", "_convert_", "_args_"}
 
 
-def validate(
-    cfg: DictConfig, overrides: list[str] | None = None, choices: dict[str, str | None] | None = None
-) -> Built:
-    """Raise one ConfigError listing every problem of `cfg`, each as one paragraph; else return the built network and strategy.
+def validate(cfg: DictConfig, overrides: list[str] | None = None, choices: dict[str, str | None] | None = None) -> None:
+    """Raise one ConfigError listing every problem of `cfg`, each as one paragraph; change nothing else.
+
+    Objects are built to check how they fit (config/objects.py), with every global RNG left
+    as it was: seeding and building the run's own objects are train()'s steps.
 
     Args:
         cfg: the composed config.
@@ -49,14 +50,11 @@ def validate(
     """
     origins = Origins.from_hydra(overrides, choices)
     problems = check_keys_types_ranges(cfg)
-    built = Built(None, None, problems)
     if not problems:  # cross-checks and objects built from values of wrong types would only add noise
-        built = build_and_check(cfg)
-        problems = [*check_across(cfg), *built.problems]
+        problems = [*check_across(cfg), *check_objects(cfg)]
     if problems:
         head = f"{len(problems)} problems in the config:\n\n" if len(problems) > 1 else ""
         raise ConfigError(head + "\n\n".join(origins.explain(p) for p in problems))
-    return built
 
 
 # ---------------------------------------------------------------------------------------
@@ -200,8 +198,9 @@ def _check_node(node: DictConfig, path: str, problems: list[Problem]) -> None:
     if "_target_" in node:
         _check_target(node, path, problems)
         return
-    values = [node._get_node(k) for k in node.keys()]
-    is_collection = all(v is None or v._is_none() or (isinstance(v, DictConfig) and "_target_" in v) for v in values)
+    # Unresolved: an interpolation is no collection member, and one that fails is reported by _walk.
+    values = [v for _, v in node.items_ex(resolve=False)]
+    is_collection = all(v is None or (isinstance(v, DictConfig) and "_target_" in v) for v in values)
     if not is_collection and "." not in path:  # a group node like `scheduler` or `paths`
         known = _group_file_keys(path)
         if known:
