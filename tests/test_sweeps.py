@@ -326,3 +326,29 @@ def test_hparams_summary_is_written_beside_the_runs_scalars_with_the_swept_key_f
     experiment, hparams = hparams_data(tb, "tensorboard")
     assert hparams["seed"].number_value == 3 and hparams["model"].string_value == "cnn"
     assert [i.name for i in experiment.hparam_infos if i.differs] == ["seed"] == [experiment.hparam_infos[0].name]
+
+
+def test_finetune_table_reads_the_unfreeze_events_through_the_checkpoint_reader(tmp_path, capsys):
+    """The plateau events come from each job's last.ckpt; an unreadable one is one paragraph, exit 1."""
+    import torch
+    from omegaconf import OmegaConf
+
+    from mnist_lab.tools.finetune_table import main
+
+    job = tmp_path / "sweep" / "0"
+    (job / ".hydra").mkdir(parents=True)
+    config = {"seed": 0, "data": {"labels_per_class": 10}, "finetune": {"checkpoint": "w.pt"}}
+    OmegaConf.save(config, job / ".hydra" / "config.yaml")
+    choices = {"finetune": "unfreeze_on_plateau", "data": "emnist_digits"}
+    OmegaConf.save({"hydra": {"runtime": {"choices": choices}}}, job / ".hydra" / "hydra.yaml")
+    (job / "metrics.json").write_text(json.dumps({"test/acc": 0.9, "train_seconds": 10.0}))
+    (job / "checkpoints").mkdir()
+    torch.save({"finetune": {"plateau_events": {"3": "conv2"}}}, job / "checkpoints" / "last.ckpt")
+    assert main([str(tmp_path / "sweep")]) == 0
+    assert "- emnist_digits, 10 labels/class, seed 0: conv2 at epoch 3" in capsys.readouterr().out
+
+    (job / "checkpoints" / "last.ckpt").write_bytes(b"")  # an interrupted save
+    with pytest.raises(SystemExit) as exit_status:
+        main([str(tmp_path / "sweep")])
+    error = capsys.readouterr().err
+    assert exit_status.value.code == 1 and "last.ckpt" in error and "Traceback" not in error

@@ -182,7 +182,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--figure", type=Path, default=None, help="also write the figure here (PNG)")
     parser.add_argument("--zero-shot", action="store_true", help="add the starting weights' own accuracy")
     args = parser.parse_args(argv)
-    jobs, problems = read_jobs(args.sweep_dirs)
+    with user_errors():  # a checkpoint that cannot be read: one paragraph
+        jobs, problems = read_jobs(args.sweep_dirs)
     if not jobs:
         print(f"No finished jobs under {', '.join(map(str, args.sweep_dirs))}.", file=sys.stderr)
         return 1
