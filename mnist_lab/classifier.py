@@ -14,9 +14,9 @@ from torch import nn
 from torchmetrics import MaxMetric, MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
-from mnist_lab.checkpoints import CONFIG_KEY
 from mnist_lab.errors import NonFiniteLossError
 from mnist_lab.finetune import FineTune
+from mnist_lab.weights import CONFIG_KEY
 
 
 class Classifier(pl.LightningModule):

@@ -42,8 +42,9 @@ class FineTune:
     """A fine-tuning strategy: pretrained weights, frozen groups, unfreeze schedule, group LRs.
 
     Args:
-        checkpoint: a Lightning checkpoint or a plain state_dict file to start from; `bundled`:
-            the repository's MNIST-pretrained weights of this model (mnist_lab/pretrained.py);
+        checkpoint: a Lightning checkpoint or a plain state_dict file to start from; a run
+            directory (its exported weights, else its best checkpoint); `bundled`: the
+            repository's MNIST-pretrained weights of this model (mnist_lab/pretrained.py);
             or null (initial weights).
         lr_scale: multiplies every group's learning rate (e.g. 0.1 to fine-tune gently).
         frozen: layer groups frozen at the start.

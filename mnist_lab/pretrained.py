@@ -12,9 +12,7 @@ a config that leaves the option at its default.
 
 from __future__ import annotations
 
-import hashlib
 import inspect
-import json
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +20,7 @@ from hydra.utils import get_object
 from omegaconf import DictConfig, OmegaConf
 
 from mnist_lab import ROOT_DIR
+from mnist_lab.weights import card_path, read_card
 
 PRETRAINED_DIR = ROOT_DIR / "pretrained"
 BUNDLED = "bundled"  # the value of finetune.checkpoint that asks for the bundled weights
@@ -30,19 +29,6 @@ MODELS = ("cnn", "lenet5", "mlp")  # conf/model choices that have bundled weight
 
 def weights_path(model: str) -> Path:
     return PRETRAINED_DIR / f"mnist_{model}.pt"
-
-
-def card_path(weights: Path) -> Path:
-    # .card.json: ExportWeights already writes a plain .json (the run it came from) beside weights.
-    return weights.with_suffix(".card.json")
-
-
-def sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def read_card(weights: Path) -> dict[str, Any]:
-    return json.loads(card_path(weights).read_text())
 
 
 def _defaults(target: Any) -> dict[str, Any]:
@@ -80,28 +66,28 @@ def no_bundled_reason(model_cfg: DictConfig) -> str:
         f"asks for the bundled MNIST weights, but none fit this model configuration ({wanted.get('_target_')} with "
         f"{settings}): pretrained/ holds weights for the models of conf/model at their default settings only "
         f"({have}). Produce weights for this configuration with `mnist-lab experiment=pretrain_mnist "
-        "model=<choice> <the same model.* overrides>` (it writes checkpoints/pretrained/mnist_cnn.pt; "
-        "callbacks.export_weights.path=<file> names another) and pass finetune.checkpoint=<that file>, or use "
+        "model=<choice> <the same model.* overrides>` (it exports them into its own run directory, as "
+        "<run>/pretrained/weights.pt) and pass finetune.checkpoint=<that run directory>, or use "
         "finetune=none to train from the initial weights"
     )
 
 
-def bundled_config(weights: Path) -> DictConfig:
-    """The `model` and `data` config of bundled weights, from their card (data: what they were trained on)."""
-    card = read_card(weights)
-    return OmegaConf.create({"model": card["model"], "data": card["data"]})
-
-
-def describe_start(checkpoint: str) -> str:
-    """One log line on the weights a fine-tuning run starts from (with the card's accuracy when it has one)."""
-    path = Path(checkpoint)
+def describe_start(weights: str | Path, data_cfg: DictConfig) -> str:
+    """One log line on the weights a fine-tuning run on `data_cfg` starts from, with their card's accuracy."""
+    path = Path(weights)
     if not card_path(path).is_file():
         return f"Fine-tune: starting from the weights in {path}"
     card = read_card(path)
-    return (
-        f"Fine-tune: starting from the bundled weights {path.relative_to(ROOT_DIR) if path.is_relative_to(ROOT_DIR) else path}"
-        f" (MNIST test accuracy {card['test_acc']:.2%}, card {card_path(path).name})"
-    )
+    if "test_acc" in card:  # the bundled weights' cards measure it (mnist-lab pretrain)
+        shown = path.relative_to(ROOT_DIR) if path.is_relative_to(ROOT_DIR) else path
+        line = f"Fine-tune: starting from the bundled weights {shown} (MNIST test accuracy {card['test_acc']:.2%}"
+    else:
+        val = "unknown" if card.get("val_acc") is None else f"{card['val_acc']:.2%}"
+        line = f"Fine-tune: starting from the weights in {path} (val/acc {val} in the run that exported them"
+    line += f", card {card_path(path).name})"
+    if card.get("data") and is_mnist(OmegaConf.create(card["data"])) and is_mnist(data_cfg):
+        line += "; the target is MNIST itself, the data these weights were pretrained on"
+    return line
 
 
 def is_mnist(data_cfg: DictConfig) -> bool:
@@ -110,14 +96,3 @@ def is_mnist(data_cfg: DictConfig) -> bool:
     if source is None or source.get("_target_") != "mnist_lab.data.IDXSource":
         return False
     return Path(str(source.root)).resolve() == (ROOT_DIR / "data" / "mnist").resolve()
-
-
-def mnist_test_accuracy(net: Any, batch_size: int = 1000) -> float:
-    """Accuracy of `net` (eval mode, CPU) on the repository's 10,000 MNIST test images, inference only."""
-    from mnist_lab.data.idx import IDXSource
-    from mnist_lab.data.pixels import MNIST_MEAN, MNIST_STD
-    from mnist_lab.inference.predictor import probabilities
-
-    splits = IDXSource(str(ROOT_DIR / "data" / "mnist")).load()
-    probs = probabilities(net.eval(), splits.test_x, MNIST_MEAN, MNIST_STD, batch_size)
-    return float((probs.argmax(1) == splits.test_y).float().mean())

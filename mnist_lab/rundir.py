@@ -7,8 +7,9 @@ what the checkpoint was trained with; Hydra's record of the resumed start goes t
 `.hydra/resume-<time>/` so the original `.hydra/` files stay as they were.
 
 A run directory holds `.hydra/` (config.yaml, hydra.yaml, overrides.yaml), `checkpoints/`
-(best-*.ckpt, last.ckpt), `tensorboard/`, `figures/`, `environment.json`, and `metrics.json`
-once it finished (`error.txt` instead when a sweep job failed).
+(best-*.ckpt, last.ckpt), `tensorboard/`, `figures/`, `environment.json`, `pretrained/`
+(weights.pt and its card, where callbacks.ExportWeights exports: experiment=pretrain_mnist),
+and `metrics.json` once it finished (`error.txt` instead when a sweep job failed).
 """
 
 from __future__ import annotations
@@ -16,8 +17,8 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from pathlib import Path
 
-from mnist_lab.checkpoints import LAST
 from mnist_lab.errors import ConfigError
+from mnist_lab.weights import LAST
 
 SAVED_CONFIG = Path(".hydra") / "config.yaml"  # the run's composed config, inside its directory
 RESUME_SUBDIR = ".hydra/resume-"  # + time: Hydra's record of each resumed start
@@ -95,13 +96,25 @@ def resume_argv(argv: list[str]) -> list[str]:
             "so there is nothing to continue from. Start it again as a new run."
         )
     extra = [a for a in argv[1:] if not a.startswith("resume=")]
-    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d_%H-%M-%S.%f")
     return [
         argv[0],
         f"--config-path={run_dir / '.hydra'}",
         "--config-name=config",
         f"hydra.run.dir={_quote(str(run_dir))}",
-        f"hydra.output_subdir={_quote(RESUME_SUBDIR + stamp)}",
-        f"ckpt_path={_quote(str(last))}",
+        *resume_in_place(run_dir),
         *extra,
     ]
+
+
+def resume_in_place(run_dir: Path) -> list[str]:
+    """The overrides that continue the run in `run_dir` from its last.ckpt, keeping its first `.hydra/` record."""
+    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d_%H-%M-%S.%f")
+    return [
+        f"hydra.output_subdir={_quote(RESUME_SUBDIR + stamp)}",
+        f"ckpt_path={_quote(str(run_dir / 'checkpoints' / LAST))}",
+    ]
+
+
+def unfinished(run_dir: Path) -> bool:
+    """Whether `run_dir` holds a run that stopped before it finished, with a last.ckpt to continue from."""
+    return (run_dir / "checkpoints" / LAST).is_file() and not (run_dir / "metrics.json").exists()

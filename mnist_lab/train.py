@@ -14,15 +14,16 @@ from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint, Pr
 from pytorch_lightning.loggers import TensorBoardLogger
 
 from mnist_lab.callbacks import EpochTimer, Resumable
-from mnist_lab.checkpoints import LAST, AtomicCheckpointIO, describe_checkpoint, load_pretrained, read_checkpoint
+from mnist_lab.checkpoints import AtomicCheckpointIO, describe_checkpoint
 from mnist_lab.classifier import Classifier
-from mnist_lab.config import Origins, build, validate
+from mnist_lab.config import Origins, build, build_run, validate
 from mnist_lab.config.migrate import migrate
 from mnist_lab.errors import NonFiniteLossError, UserError
 from mnist_lab.files import write_json
-from mnist_lab.pretrained import card_path, describe_start, is_mnist
+from mnist_lab.pretrained import describe_start
 from mnist_lab.records import environment_record, log_hparams, slow_bf16
 from mnist_lab.rundir import check_output_dir
+from mnist_lab.weights import LAST, load_pretrained, read_checkpoint
 
 # metrics.json fields that differ between two runs of the same config and seed: wall-clock
 # times, and the best checkpoint's path (it lies in the run's own directory). Every other
@@ -36,22 +37,24 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     """Train, validate every epoch, test the best checkpoint; return the final metrics."""
     # 0. Fail fast: keys, types, ranges, files and model/checkpoint fit, before any data is read;
     # never write into an earlier run's directory unless resuming it.
-    built = validate(migrate(cfg))  # seeds every RNG, then builds the network and the strategy: once
-    net, finetune = built.net, built.finetune
-    assert net is not None  # validate() raised otherwise
+    cfg = migrate(cfg)
+    validate(cfg)
     output_dir = Path(cfg.paths.output_dir)
     check_output_dir(output_dir, cfg.get("ckpt_path"))
     if not (output_dir / "environment.json").exists():  # a resumed run keeps its first record
         write_json(output_dir / "environment.json", environment_record())
 
-    # 1. Data, then the starting weights: pretrained ones when finetune.checkpoint is set (a
+    # 1. Seed every RNG, then build the network and the fine-tune strategy: the initial weights
+    # are a function of the seed alone.
+    pl.seed_everything(cfg.seed, workers=True)
+    net, finetune = build_run(cfg)
+
+    # 2. Data, then the starting weights: pretrained ones when finetune.checkpoint is set (a
     # resumed run takes all its weights from ckpt_path instead).
     datamodule = setup_data(cfg)  # reads the files: bad files and labels_per_class fail here
     if finetune is not None and finetune.checkpoint and cfg.get("ckpt_path") is None:
         load_pretrained(net, finetune.checkpoint)
-        log.info(describe_start(finetune.checkpoint))
-        if card_path(Path(finetune.checkpoint)).is_file() and is_mnist(cfg.data):
-            log.info("Fine-tune: the target is MNIST itself, the data these weights were pretrained on.")
+        log.info(describe_start(finetune.checkpoint, cfg.data))
     module = Classifier(
         net=net,
         optimizer=instantiate(cfg.optimizer),
@@ -63,7 +66,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         config={k: OmegaConf.to_container(cfg[k], resolve=True) for k in ("model", "data")},  # for checkpoints
     )
 
-    # 2. Callbacks, loggers, trainer.
+    # 3. Callbacks, loggers, trainer.
     callbacks = [instantiate(c) for c in cfg.callbacks.values() if c is not None]
     callbacks.append(timer := EpochTimer())  # the Classifier adds its FineTuneSchedule itself
     if cfg.trainer.get("enable_checkpointing", True):  # Lightning refuses checkpoint callbacks otherwise
@@ -86,7 +89,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if slow := slow_bf16(trainer):
         log.warning(slow)
 
-    # 3. Fit, then test the best checkpoint (the last weights when there is no checkpointing).
+    # 4. Fit, then test the best checkpoint (the last weights when there is no checkpointing).
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
     except NonFiniteLossError as e:
@@ -116,7 +119,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         }
     )
 
-    # 4. Records: metrics.json, and the HParams tab with the real metrics.
+    # 5. Records: metrics.json, and the HParams tab with the real metrics.
     if trainer.is_global_zero:
         write_json(output_dir / "metrics.json", metrics)
         for lg in trainer.loggers:

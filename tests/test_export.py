@@ -10,8 +10,8 @@ import torch
 
 from mnist_lab.checkpoints import load_net
 from mnist_lab.data import IDXSource
-from mnist_lab.inference.predictor import Predictor
 from mnist_lab.tools.export import ExportError, export, run_exported
+from mnist_lab.tools.predict import load_predictor
 from tests.conftest import MNIST_DIR, compose_config
 
 # Every test here asserts on the model trained by the suite (conftest.trained_run or its own run).
@@ -36,8 +36,8 @@ def test_export_matches_pytorch_and_predict_runs_from_it(fmt, suffix, trained_ru
     got = run_exported(path, x)
     np.testing.assert_allclose(got, expected, atol=1e-4, rtol=1e-4)
     # predict from the exported file: the same probabilities as from the checkpoint.
-    from_file = Predictor(path)(x_u8[:, 0].numpy())
-    from_ckpt = Predictor(trained_run)(x_u8[:, 0].numpy())
+    from_file = load_predictor(path)(x_u8[:, 0].numpy())
+    from_ckpt = load_predictor(trained_run)(x_u8[:, 0].numpy())
     np.testing.assert_allclose(from_file, from_ckpt, atol=1e-5)
 
 
@@ -71,7 +71,7 @@ def test_foreign_onnx_file_is_refused(tmp_path):
     from mnist_lab.inference.predictor import ModelFileError
 
     with pytest.raises(ModelFileError, match="normalisation"):
-        Predictor(tmp_path / "foreign.onnx")
+        load_predictor(tmp_path / "foreign.onnx")
     (tmp_path / "garbage.onnx").write_text("not onnx")
     with pytest.raises(ModelFileError, match="not a usable ONNX model"):
-        Predictor(tmp_path / "garbage.onnx")
+        load_predictor(tmp_path / "garbage.onnx")

@@ -12,13 +12,14 @@ import torch
 from hydra.utils import instantiate
 
 from mnist_lab import CONF_DIR
-from mnist_lab.checkpoints import load_pretrained
 from mnist_lab.classifier import Classifier
+from mnist_lab.config import build_run
 from mnist_lab.data import DigitsDataModule, IDXSource, Splits
 from mnist_lab.errors import CheckpointError, ConfigError
 from mnist_lab.finetune import FineTune
 from mnist_lab.models import CNN, MLP
 from mnist_lab.train import train
+from mnist_lab.weights import EXPORTED, find_weights, load_pretrained, read_card
 from tests.conftest import MNIST_DIR, TINY, compose_config
 
 GROUPS = ("conv1", "conv2", "fc1", "head")
@@ -328,9 +329,11 @@ def test_unknown_group_fails_with_the_models_groups(tiny_cfg):
         FineTune(frozen=["conv1"], on_plateau={"monitor": "val/f1"})
 
 
-def test_pretrain_export_then_finetune_on_uci_digits(tmp_path):
-    """The README's two commands at toy size: pretrain + export, then freeze_conv from those weights."""
-    weights = tmp_path / "pretrained" / "mnist_cnn.pt"
+def test_pretrain_export_then_finetune_on_uci_digits(tmp_path, monkeypatch):
+    """The README's two commands at toy size: pretrain (twice), then freeze_conv from a pretraining's run directory."""
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)  # every file goes under the run directories: nothing here
     pretrain = [
         *TINY,
         "experiment=pretrain_mnist",
@@ -341,13 +344,17 @@ def test_pretrain_export_then_finetune_on_uci_digits(tmp_path):
         "~data/augment",
         "logger=none",
         "test=false",
-        f"callbacks.export_weights.path={weights}",
     ]
-    train(compose_config(pretrain, tmp_path / "pretrain"))
+    first, second = tmp_path / "pretrain", tmp_path / "pretrain2"
+    train(compose_config(pretrain, first))
+    train(compose_config(pretrain, second))  # a second pretraining needs no override
+    weights = first / EXPORTED
     exported = torch.load(weights, weights_only=True)
-    assert json.loads(weights.with_suffix(".json").read_text())["checkpoint"].endswith(".ckpt")
-    with pytest.raises(ConfigError, match="refusing to replace it"):  # a rerun keeps the weights
-        train(compose_config(pretrain, tmp_path / "pretrain2"))
+    card = read_card(weights)
+    assert card["checkpoint"].startswith(str(first / "checkpoints")) and card["model"]["_target_"].endswith("CNN")
+    assert (second / EXPORTED).is_file() and list(cwd.iterdir()) == []
+    with pytest.raises(ConfigError, match="refusing to replace it"):  # an explicit path keeps its weights
+        train(compose_config([*pretrain, f"callbacks.export_weights.path={weights}"], tmp_path / "pretrain3"))
     assert torch.equal(torch.load(weights, weights_only=True)["head.weight"], exported["head.weight"])
 
     finetune = compose_config(
@@ -357,7 +364,7 @@ def test_pretrain_export_then_finetune_on_uci_digits(tmp_path):
             "data.train_size=null",
             "data.labels_per_class=10",
             "finetune=freeze_conv",
-            f"finetune.checkpoint={weights}",
+            f"finetune.checkpoint={first}",  # the run directory: its exported weights
             "logger=none",
             "callbacks.test_report=null",
         ],
@@ -369,6 +376,24 @@ def test_pretrain_export_then_finetune_on_uci_digits(tmp_path):
         assert torch.equal(tuned[f"net.{k}"], exported[k])  # frozen: exactly the pretrained weights
     assert not torch.equal(tuned["net.head.weight"], exported["head.weight"])
     assert 0 <= metrics["test/acc"] <= 1
+    assert list(cwd.iterdir()) == []
+
+
+def test_a_run_directory_as_finetune_checkpoint(tmp_path):
+    """A run directory gives its exported weights, else its best checkpoint; one without either is a clear error."""
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    with pytest.raises(CheckpointError, match=r"finetune.checkpoint=.* is a directory without checkpoints/best"):
+        find_weights(run)
+    best = run / "checkpoints" / "best-epoch000-acc0.5000.ckpt"
+    torch.save({"state_dict": {f"net.{k}": v for k, v in CNN().state_dict().items()}}, best)
+    assert find_weights(run) == best
+    (run / EXPORTED).parent.mkdir()
+    torch.save(CNN().state_dict(), run / EXPORTED)
+    assert find_weights(run) == run / EXPORTED
+    assert build_run(compose_config(["finetune=freeze_conv", f"finetune.checkpoint={run}"])).finetune.checkpoint == str(
+        run / EXPORTED
+    )
 
 
 def test_transfer_table_from_job_directories(tmp_path, capsys):

@@ -14,9 +14,9 @@ from PIL import Image
 from mnist_lab.data import IDXSource
 from mnist_lab.errors import ConfigError
 from mnist_lab.inference.imageprep import ink_map, prepare, segment
-from mnist_lab.inference.predictor import Predictor, tta_angles
+from mnist_lab.inference.predictor import tta_angles
 from mnist_lab.pretrained import weights_path
-from mnist_lab.tools.predict import predict, read_files
+from mnist_lab.tools.predict import load_predictor, predict, read_files
 from mnist_lab.tools.strings_benchmark import render_number, run_benchmark
 from tests.conftest import MNIST_DIR, compose_config
 
@@ -31,7 +31,7 @@ def test_digits():
 def predictor():
     # Fixed weights (the bundled CNN): its readings do not depend on the machine that runs the
     # suite, as a model trained inside the suite's would.
-    return Predictor(weights_path("cnn"))
+    return load_predictor(weights_path("cnn"))
 
 
 def render(digit, size, canvas, at, invert, rgb, resample=Image.LANCZOS):
@@ -236,7 +236,7 @@ def test_test_time_augmentation_averages_the_rotated_views(test_digits, predicto
     from torchvision.transforms.v2.functional import rotate
 
     digits, labels = test_digits[0][:1000], test_digits[1][:1000]
-    tta = Predictor(weights_path("cnn"), tta_degrees=[-8, 8])
+    tta = load_predictor(weights_path("cnn"), tta_degrees=[-8, 8])
     assert tta.tta_degrees == (-8.0, 8.0) and predictor.tta_degrees == ()
     # Each view is the digit rotated as the training augmentation resamples it, on [0, 1] pixels.
     x = torch.from_numpy(digits)[:, None].float() / 255
@@ -245,7 +245,7 @@ def test_test_time_augmentation_averages_the_rotated_views(test_digits, predicto
     assert np.allclose(tta(digits), by_hand.numpy(), atol=1e-5)
     assert not np.allclose(tta(digits), predictor(digits), atol=1e-3)  # the views change the outputs
     # Views closed under quarter turns: a digit and its quarter turn are read alike.
-    quarter = Predictor(weights_path("cnn"), tta_degrees=[90, 180, -90])
+    quarter = load_predictor(weights_path("cnn"), tta_degrees=[90, 180, -90])
     turned = np.ascontiguousarray(np.rot90(digits, 1, axes=(1, 2)))
     assert np.allclose(quarter(digits), quarter(turned), atol=1e-4)
     # The bundled weights are fixed, so this holds on every machine: small rotations of the

@@ -9,11 +9,12 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
-from mnist_lab.checkpoints import read_state_dict
-from mnist_lab.config import validate
+from mnist_lab.config import build_run, validate
 from mnist_lab.errors import ConfigError
-from mnist_lab.pretrained import MODELS, card_path, mnist_test_accuracy, read_card, sha256, weights_path
+from mnist_lab.pretrained import MODELS, weights_path
+from mnist_lab.tools.pretrain import mnist_test_accuracy
 from mnist_lab.train import train
+from mnist_lab.weights import card_path, read_card, read_state_dict, sha256
 from tests.conftest import TINY, compose_config
 
 
@@ -33,8 +34,9 @@ def test_bundled_weights_match_their_card(model):
 
 @pytest.mark.parametrize("model", MODELS)
 def test_every_model_default_finds_its_bundled_weights(model):
-    built = validate(compose_config(["finetune=freeze_conv" if model != "mlp" else "finetune=full", f"model={model}"]))
-    assert built.finetune.checkpoint == str(weights_path(model))
+    cfg = compose_config(["finetune=freeze_conv" if model != "mlp" else "finetune=full", f"model={model}"])
+    validate(cfg)
+    assert build_run(cfg).finetune.checkpoint == str(weights_path(model))
 
 
 def test_freeze_conv_starts_from_the_bundled_weights_and_keeps_the_convs(tmp_path, caplog):
@@ -66,7 +68,7 @@ def test_a_model_without_bundled_weights_stops_before_training(tmp_path):
         validate(cfg)
     message = str(e.value)
     assert "`finetune.checkpoint` = 'bundled'" in message and "conv1_channels=16" in message
-    assert "experiment=pretrain_mnist" in message and "finetune.checkpoint=<that file>" in message
+    assert "experiment=pretrain_mnist" in message and "finetune.checkpoint=<that run directory>" in message
 
 
 def test_a_card_from_before_an_option_fits_the_option_at_its_default():
@@ -81,7 +83,7 @@ def test_a_card_from_before_an_option_fits_the_option_at_its_default():
 
 
 def test_none_trains_from_the_initial_weights():
-    assert validate(compose_config(["finetune=none"])).finetune.checkpoint is None
+    assert build_run(compose_config(["finetune=none"])).finetune.checkpoint is None
 
 
 def test_cards_are_json_beside_their_weights():

@@ -23,7 +23,7 @@ from mnist_lab import ROOT_DIR
 from mnist_lab.data import IDXSource
 from mnist_lab.errors import UserError
 from mnist_lab.inference.imageprep import prepare, read_grey
-from mnist_lab.inference.predictor import Predictor
+from mnist_lab.tools.predict import load_predictor
 from mnist_lab.tools.serve import make_server
 
 # A tiny LeNet-5 run (fixed weights, 46% validation accuracy): the tests compare the page's
@@ -36,7 +36,7 @@ CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver"
 
 @pytest.fixture(scope="module")
 def predictor():
-    return Predictor(MODEL)
+    return load_predictor(MODEL)
 
 
 @pytest.fixture(scope="module")

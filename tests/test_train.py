@@ -183,3 +183,29 @@ def test_the_machine_record_tells_cpu_generations_apart():
     assert cpu_identity(block(0, 25, 17, "avx2"))["cpu_family"] == 25
     empty = {"cpu": None, "cpu_vendor": None, "cpu_family": None, "cpu_model_number": None, "flags": set()}
     assert cpu_identity("") == empty
+
+
+def test_validate_leaves_every_rng_where_it_was(tmp_path):
+    """validate() builds a network and a strategy to check them; the draws of train() after it are unchanged."""
+    import os
+    import random
+
+    import numpy as np
+    import torch
+
+    from mnist_lab.config import validate
+    from tests.conftest import compose_config
+
+    cfg = compose_config(["finetune=freeze_conv", "seed=7"], tmp_path)  # a CNN, its initialisation: draws
+
+    def draws():
+        return torch.rand(4).tolist(), np.random.rand(4).tolist(), [random.random() for _ in range(4)]
+
+    def reseed():
+        torch.manual_seed(123), np.random.seed(123), random.seed(123)
+
+    reseed()
+    expected, seed_env = draws(), os.environ.get("PL_GLOBAL_SEED")
+    reseed()
+    validate(cfg)
+    assert draws() == expected and os.environ.get("PL_GLOBAL_SEED") == seed_env

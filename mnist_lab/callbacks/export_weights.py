@@ -1,4 +1,4 @@
-"""Exporting a run's best network as a plain state_dict at a stable path."""
+"""Exporting a run's best network as a weights file with its card (mnist_lab/weights.py)."""
 
 from __future__ import annotations
 
@@ -7,23 +7,24 @@ import math
 from pathlib import Path
 
 import pytorch_lightning as pl
-import torch
 
-from mnist_lab.checkpoints import read_state_dict
 from mnist_lab.errors import ConfigError
 from mnist_lab.files import write_json
+from mnist_lab.weights import card_path, read_state_dict, save_atomic
 
 log = logging.getLogger(__name__)
 
 
 class ExportWeights(pl.Callback):
-    """At the end of fit, save the best checkpoint's network as a plain state_dict at a stable path.
+    """At the end of fit, save the best checkpoint's network as a plain state_dict, with its card beside it.
 
-    Refuses (before training) to replace an existing file unless `overwrite`, so a rerun
-    never silently replaces weights that fine-tuning runs were made from.
+    The card holds the run's `model` and `data` config (what rebuilds the network: the file
+    alone is then a model for evaluate, predict and fine-tuning), the checkpoint it came from
+    and its val/acc. Refuses (before training) to replace an existing file unless
+    `overwrite`, so a run never silently replaces weights that fine-tuning runs were made from.
 
     Args:
-        path: where the state_dict goes (a `.json` beside it records its origin).
+        path: where the state_dict goes.
         overwrite: replace an existing file.
     """
 
@@ -33,7 +34,7 @@ class ExportWeights(pl.Callback):
     def on_fit_start(self, trainer, pl_module) -> None:
         if self.path.exists() and not self.overwrite and trainer.ckpt_path is None:
             raise ConfigError(
-                f"{self.path} already exists (see {self.path.with_suffix('.json')} for the run it came from): "
+                f"{self.path} already exists (see {card_path(self.path)} for the run it came from): "
                 "refusing to replace it. Move it away, or pass callbacks.export_weights.overwrite=true, or "
                 "callbacks.export_weights.path=<another file>."
             )
@@ -44,11 +45,14 @@ class ExportWeights(pl.Callback):
         ckpt = trainer.checkpoint_callback
         best = ckpt.best_model_path if ckpt is not None and ckpt.best_model_path else None
         state = read_state_dict(best) if best else {k: v.cpu() for k, v in pl_module.net.state_dict().items()}
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(f".{self.path.name}.tmp")
-        torch.save(state, tmp)
-        tmp.replace(self.path)  # atomic: a kill leaves the old file or the new one
+        save_atomic(state, self.path)
         score = None if ckpt is None or ckpt.best_model_score is None else float(ckpt.best_model_score)
-        origin = {"checkpoint": best, "val/acc": None if score is None or math.isnan(score) else score}
-        write_json(self.path.with_suffix(".json"), origin)
+        config = pl_module.config or {}  # Classifier's resolved model and data config
+        card = {
+            "model": config.get("model"),
+            "data": config.get("data"),
+            "checkpoint": best,
+            "val_acc": None if score is None or math.isnan(score) else score,
+        }
+        write_json(card_path(self.path), card)
         log.info("Exported the network weights of %s to %s", best or "the last epoch", self.path)

@@ -2,43 +2,18 @@
 
 from __future__ import annotations
 
-import random
 import signal
 import threading
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
-import numpy as np
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import Checkpoint
 
-from mnist_lab.checkpoints import LAST
 from mnist_lab.errors import NonFiniteLossError, RunInterrupted
-
-
-def _rng_state() -> dict[str, Any]:
-    """Every global RNG as tensors and plain numbers: loadable with torch.load(weights_only=True)."""
-    kind, keys, pos, has_gauss, gauss = cast(Any, np.random.get_state())  # the legacy 5-tuple
-    version, py_state, py_gauss = random.getstate()
-    state = {
-        "torch": torch.get_rng_state(),
-        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss],
-        "python": [version, list(py_state), py_gauss],
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    kind, keys, pos, has_gauss, gauss = state["numpy"]
-    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
-    version, py_state, py_gauss = state["python"]
-    random.setstate((version, tuple(py_state), py_gauss))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+from mnist_lab.rng import rng_state, set_rng_state
+from mnist_lab.weights import LAST
 
 
 def parameters_finite(module: torch.nn.Module) -> bool:
@@ -82,7 +57,7 @@ class Resumable(Checkpoint):
 
     # -- state in every checkpoint -------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        return {"rng": _rng_state()}
+        return {"rng": rng_state()}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._rng_to_restore = state_dict["rng"]
@@ -101,7 +76,7 @@ class Resumable(Checkpoint):
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # After Lightning restored the checkpoint and before the first batch draws a number.
         if self._rng_to_restore is not None:
-            _set_rng_state(self._rng_to_restore)
+            set_rng_state(self._rng_to_restore)
             self._rng_to_restore = None
         # After Lightning installed its own SIGTERM handler (it restores what it found at the
         # end of fit). Only the main thread may set handlers; with several processes (DDP)

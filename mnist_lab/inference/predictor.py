@@ -1,8 +1,9 @@
 """A trained model behind one call, for predict, evaluate and export: uint8 digits in, probabilities out.
 
-The model is a checkpoint (rebuilt with mnist_lab.checkpoints) or a file written by
-`mnist-lab export` (ONNX, run by onnxruntime; TorchScript). Inputs are normalised by
-mnist_lab.data.pixels, the training code's own normalisation; nothing here imports Lightning.
+The model is a network already loaded (a checkpoint rebuilt by mnist_lab.checkpoints.load_net,
+in the command that asks for it), or a file written by `mnist-lab export`: ONNX (run by
+onnxruntime) or TorchScript, read here. Inputs are normalised by mnist_lab.data.pixels, the
+training code's own normalisation; nothing here imports Lightning or Hydra.
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ import torch
 
 from mnist_lab.data.pixels import normalize
 from mnist_lab.errors import ConfigError, UserError
-from mnist_lab.pretrained import card_path
 
 # Metadata keys that `mnist_lab.export` stores in exported files (how inputs are normalised).
 META_MEAN, META_STD = "mnist_lab.mean", "mnist_lab.std"
@@ -34,72 +34,79 @@ class Predictor:
     """A trained model behind one call: MNIST-style uint8 digits (N, 28, 28) -> probabilities (N, K).
 
     Args:
-        path: a checkpoint (.ckpt, or a run directory: its best one), or a file written by
-            `python -m mnist_lab export`: ONNX (.onnx, run by onnxruntime) or TorchScript (.pt).
+        model: a normalised float batch (B, 1, 28, 28) -> logits (B, K): an eval-mode network,
+            or what read_onnx / read_torchscript return.
+        mean, std: the normalisation the model was trained with.
         batch_size: digits per forward pass.
         tta_degrees: test-time augmentation: each digit is also read rotated by these angles
             and the softmax outputs are averaged (see `probabilities`).
+        path: the file the model was read from, for display.
     """
 
-    def __init__(self, path: str | Path, batch_size: int = 1000, tta_degrees: Sequence[float] = ()) -> None:
-        self.path, self.batch_size, self.tta_degrees = Path(path), batch_size, tta_angles(tta_degrees)
-        self.session: Any = None  # an onnxruntime.InferenceSession
-        self.net: Any = None  # a torch module (eager or TorchScript)
-        if self.path.suffix == ".onnx":
-            self._load_onnx()
-        elif self.path.suffix in (".pt", ".ts") and not card_path(self.path).is_file():  # no card: TorchScript
-            self._load_torchscript()
-        else:
-            from mnist_lab.checkpoints import load_net  # imported here: the ONNX path needs no Hydra
-
-            self.net, cfg = load_net(self.path)
-            self.mean, self.std = float(cfg.data.mean), float(cfg.data.std)
-
-    def _load_onnx(self) -> None:
-        import onnxruntime as ort
-
-        if not self.path.is_file():
-            raise ModelFileError(
-                f"ckpt_path={self.path} does not exist. Pass a file from `python -m mnist_lab export`."
-            )
-        try:
-            self.session = ort.InferenceSession(str(self.path), providers=["CPUExecutionProvider"])
-        except Exception as e:  # onnxruntime raises its own Fail/InvalidGraph/... types
-            raise ModelFileError(
-                f"{self.path} is not a usable ONNX model ({str(e).splitlines()[0]}). Export it again."
-            ) from e
-        self._read_meta(self.session.get_modelmeta().custom_metadata_map)
-
-    def _load_torchscript(self) -> None:
-        files = {"mnist_lab.json": ""}
-        try:
-            with warnings.catch_warnings():  # jit.load is deprecated in favour of torch.export, still supported
-                warnings.simplefilter("ignore", FutureWarning)
-                self.net = torch.jit.load(str(self.path), map_location="cpu", _extra_files=files).eval()
-        except (RuntimeError, ValueError, OSError) as e:
-            reason = str(e).splitlines()[0]
-            raise ModelFileError(f"{self.path} is not a usable TorchScript model ({reason}). Export it again.") from e
-        self._read_meta(json.loads(files["mnist_lab.json"] or "{}"))
-
-    def _read_meta(self, meta: dict[str, Any]) -> None:
-        if META_MEAN not in meta or META_STD not in meta:
-            raise ModelFileError(
-                f"{self.path} carries no normalisation ({META_MEAN}, {META_STD}): it was not written by "
-                "`python -m mnist_lab export`, so the inputs it expects are unknown. Export the checkpoint "
-                "with mnist_lab, or pass the checkpoint itself."
-            )
-        self.mean, self.std = float(meta[META_MEAN]), float(meta[META_STD])
+    def __init__(
+        self,
+        model: Callable[[torch.Tensor], torch.Tensor],
+        mean: float,
+        std: float,
+        batch_size: int = 1000,
+        tta_degrees: Sequence[float] = (),
+        path: str | Path | None = None,
+    ) -> None:
+        self.model, self.mean, self.std = model, float(mean), float(std)
+        self.batch_size, self.tta_degrees, self.path = batch_size, tta_angles(tta_degrees), path
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         """Logits of a normalised float batch (B, 1, 28, 28)."""
-        if self.session is not None:
-            return torch.from_numpy(self.session.run(None, {self.session.get_inputs()[0].name: x.numpy()})[0])
         with torch.inference_mode():
-            return self.net(x)
+            return self.model(x)
 
     def __call__(self, digits: np.ndarray) -> np.ndarray:
         images = torch.from_numpy(np.ascontiguousarray(digits))[:, None]  # (N, 1, 28, 28) uint8
         return probabilities(self.logits, images, self.mean, self.std, self.batch_size, tta=self.tta_degrees).numpy()
+
+
+Model = tuple[Callable[[torch.Tensor], torch.Tensor], float, float]  # logits, mean, std
+
+
+def read_onnx(path: Path) -> Model:
+    """An ONNX file of `mnist-lab export`, run by onnxruntime on the CPU, and its normalisation."""
+    import onnxruntime as ort
+
+    if not path.is_file():
+        raise ModelFileError(f"ckpt_path={path} does not exist. Pass a file from `python -m mnist_lab export`.")
+    try:
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    except Exception as e:  # onnxruntime raises its own Fail/InvalidGraph/... types
+        raise ModelFileError(f"{path} is not a usable ONNX model ({str(e).splitlines()[0]}). Export it again.") from e
+    name = session.get_inputs()[0].name
+
+    def logits(x: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(session.run(None, {name: x.numpy()})[0])
+
+    return (logits, *_normalisation(path, session.get_modelmeta().custom_metadata_map))
+
+
+def read_torchscript(path: Path) -> Model:
+    """A TorchScript file of `mnist-lab export`, in eval mode on the CPU, and its normalisation."""
+    files = {"mnist_lab.json": ""}
+    try:
+        with warnings.catch_warnings():  # jit.load is deprecated in favour of torch.export, still supported
+            warnings.simplefilter("ignore", FutureWarning)
+            net = torch.jit.load(str(path), map_location="cpu", _extra_files=files).eval()
+    except (RuntimeError, ValueError, OSError) as e:
+        reason = str(e).splitlines()[0]
+        raise ModelFileError(f"{path} is not a usable TorchScript model ({reason}). Export it again.") from e
+    return (net, *_normalisation(path, json.loads(files["mnist_lab.json"] or "{}")))
+
+
+def _normalisation(path: Path, meta: dict[str, Any]) -> tuple[float, float]:
+    if META_MEAN not in meta or META_STD not in meta:
+        raise ModelFileError(
+            f"{path} carries no normalisation ({META_MEAN}, {META_STD}): it was not written by "
+            "`python -m mnist_lab export`, so the inputs it expects are unknown. Export the checkpoint "
+            "with mnist_lab, or pass the checkpoint itself."
+        )
+    return float(meta[META_MEAN]), float(meta[META_STD])
 
 
 def tta_angles(degrees: Any) -> tuple[float, ...]:

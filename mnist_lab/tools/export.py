@@ -78,9 +78,10 @@ def run_exported(path: Path, x: torch.Tensor) -> np.ndarray:
 
 def export(cfg: DictConfig) -> dict[str, Any]:
     """Export the checkpoint of cfg.ckpt_path to cfg.format, verify it, and return the check's numbers."""
-    from mnist_lab.checkpoints import find_checkpoint, load_net
+    from mnist_lab.checkpoints import load_net
     from mnist_lab.data.pixels import normalize
     from mnist_lab.files import write_json
+    from mnist_lab.weights import find_checkpoint
 
     if cfg.format not in SUFFIXES:
         raise ConfigError(f"format={cfg.format}: choose onnx or torchscript.")

@@ -25,7 +25,23 @@ from omegaconf import DictConfig, ListConfig
 from mnist_lab import CONF_DIR
 from mnist_lab.errors import UserError, user_errors
 from mnist_lab.inference.imageprep import IMAGE_SUFFIXES, ImageError, prepare, read_grey
-from mnist_lab.inference.predictor import Predictor
+from mnist_lab.inference.predictor import Predictor, read_onnx, read_torchscript
+from mnist_lab.weights import card_path
+
+
+def load_predictor(path: str | Path, batch_size: int = 1000, tta_degrees: Any = ()) -> Predictor:
+    """The Predictor of a model file: an ONNX or TorchScript export, or a checkpoint, run directory or weights file with a card."""
+    path = Path(path)
+    if path.suffix == ".onnx":
+        model = read_onnx(path)
+    elif path.suffix in (".pt", ".ts") and not card_path(path).is_file():  # no card: TorchScript
+        model = read_torchscript(path)
+    else:
+        from mnist_lab.checkpoints import load_net  # imported here: an exported file needs no Hydra or Lightning
+
+        net, cfg = load_net(path)
+        model = (net, cfg.data.mean, cfg.data.std)
+    return Predictor(*model, batch_size=batch_size, tta_degrees=tta_degrees, path=path)
 
 
 def collect_inputs(inputs: str | list[str]) -> list[Path]:
@@ -148,7 +164,7 @@ def predict(cfg: DictConfig) -> list[dict[str, Any]]:
         raise UserError(
             f"formats={formats} holds {sorted(unknown)}: choose from csv and json, e.g. formats=[csv,json] or formats=[]."
         )
-    predictor = Predictor(cfg.ckpt_path, batch_size=cfg.batch_size, tta_degrees=cfg.get("tta_degrees") or ())
+    predictor = load_predictor(cfg.ckpt_path, batch_size=cfg.batch_size, tta_degrees=cfg.get("tta_degrees") or ())
     inputs = cfg.inputs if isinstance(cfg.inputs, str) else list(cfg.inputs)
     files = collect_inputs(inputs)
     if not files:

@@ -1,8 +1,9 @@
 """`mnist-lab pretrain [--models cnn lenet5 mlp]`: regenerate the bundled MNIST-pretrained weights and their cards.
 
 Each model of conf/model is trained at its default settings with experiment=pretrain_mnist
-(a training run of its own under runs/pretrain/), its best weights exported to
-pretrained/mnist_<model>.pt, and the card pretrained/mnist_<model>.card.json written beside them:
+(a training run of its own under runs/pretrain/, which exports its best weights into its run
+directory), those weights copied to pretrained/mnist_<model>.pt, and the card
+pretrained/mnist_<model>.card.json written beside them:
 the model config, the command, the commit, the MNIST validation and test accuracy (the test
 accuracy measured by inference on the saved file, as tests/test_pretrained.py checks it),
 the date, the machine and the sha256.
@@ -16,30 +17,44 @@ import subprocess
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 from omegaconf import DictConfig, OmegaConf
 
 from mnist_lab import ROOT_DIR
-from mnist_lab.files import write_json
-from mnist_lab.pretrained import MODELS, PRETRAINED_DIR, card_path, mnist_test_accuracy, sha256, weights_path
+from mnist_lab.data.idx import IDXSource
+from mnist_lab.data.pixels import MNIST_MEAN, MNIST_STD
+from mnist_lab.files import atomic_file, write_json
+from mnist_lab.inference.predictor import probabilities
+from mnist_lab.pretrained import MODELS, PRETRAINED_DIR, weights_path
+from mnist_lab.weights import EXPORTED, card_path, read_state_dict, sha256
 
 
 def pretrain(model: str, stamp: str) -> dict:
-    """Train `model` on MNIST, export its best weights to pretrained/, write and return its card."""
+    """Train `model` on MNIST, copy the weights its run exported to pretrained/, write and return their card."""
     run_dir = ROOT_DIR / "runs" / "pretrain" / stamp / model
-    weights = weights_path(model)
-    command = [  # paths relative to the repository (the card holds no machine's path)
-        "mnist-lab", "experiment=pretrain_mnist", f"model={model}", f"hydra.run.dir={run_dir.relative_to(ROOT_DIR)}",
-        f"callbacks.export_weights.path={weights.relative_to(ROOT_DIR)}", "callbacks.export_weights.overwrite=true",
-    ]  # fmt: skip
+    # Paths relative to the repository: the card holds no machine's path.
+    command = [
+        "mnist-lab",
+        "experiment=pretrain_mnist",
+        f"model={model}",
+        f"hydra.run.dir={run_dir.relative_to(ROOT_DIR)}",
+    ]
     subprocess.run([sys.executable, "-m", "mnist_lab", *command[1:]], check=True, cwd=ROOT_DIR)
+    with atomic_file(weights_path(model), "wb") as f:
+        f.write((run_dir / EXPORTED).read_bytes())
     return write_card(model, run_dir, " ".join(command))
 
 
+def mnist_test_accuracy(net: Any, batch_size: int = 1000) -> float:
+    """Accuracy of `net` (eval mode, CPU) on the repository's 10,000 MNIST test images, inference only."""
+    splits = IDXSource(str(ROOT_DIR / "data" / "mnist")).load()
+    probs = probabilities(net.eval(), splits.test_x, MNIST_MEAN, MNIST_STD, batch_size)
+    return float((probs.argmax(1) == splits.test_y).float().mean())
+
+
 def write_card(model: str, run_dir: Path, command: str) -> dict:
-    """The card of pretrained/mnist_<model>.pt, exported by the training run in `run_dir`."""
-    import torch
+    """The card of pretrained/mnist_<model>.pt, copied from the training run in `run_dir`."""
     from hydra.utils import instantiate
 
     weights = weights_path(model)
@@ -52,7 +67,7 @@ def write_card(model: str, run_dir: Path, command: str) -> dict:
     data_cfg = json.loads(json.dumps(resolved["data"]).replace(str(ROOT_DIR), "${mnist_lab_root:}"))
     data_cfg["augment"] = None  # training-time only
     net = instantiate(model_cfg)
-    net.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+    net.load_state_dict(read_state_dict(weights, "weights"))
     environment = json.loads((run_dir / "environment.json").read_text())
     card = {
         "model": model_cfg,
@@ -72,7 +87,6 @@ def write_card(model: str, run_dir: Path, command: str) -> dict:
         "sha256": sha256(weights),
     }
     write_json(card_path(weights), card)
-    weights.with_suffix(".json").unlink(missing_ok=True)  # ExportWeights' note of its origin: the card says more
     print(f"{weights.relative_to(ROOT_DIR)}: MNIST val {card['val_acc']:.2%}, test {card['test_acc']:.2%}")
     return card
 

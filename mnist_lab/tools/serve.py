@@ -32,7 +32,7 @@ from mnist_lab import CONF_DIR
 from mnist_lab.errors import ConfigError, UserError, user_errors
 from mnist_lab.inference.imageprep import ImageError, read_grey
 from mnist_lab.inference.predictor import Predictor
-from mnist_lab.tools.predict import classify, image_record
+from mnist_lab.tools.predict import classify, image_record, load_predictor
 
 log = logging.getLogger(__name__)
 PAGE = "serve_page.html"
@@ -194,7 +194,7 @@ def serve(cfg: DictConfig) -> None:
     """Serve the page for the model of cfg.ckpt_path until Ctrl-C."""
     if cfg.max_upload_mb <= 0:
         raise ConfigError(f"max_upload_mb={cfg.max_upload_mb} must be > 0, e.g. max_upload_mb=10.")
-    predictor = Predictor(cfg.ckpt_path)
+    predictor = load_predictor(cfg.ckpt_path)
     server = make_server(predictor, cfg.host, cfg.port, int(cfg.max_upload_mb * 1e6), cfg.split)
     url = f"http://{cfg.host}:{server.server_port}/"  # server_port: the one port=0 was given
     print(f"Reading digits with {cfg.ckpt_path} at {url}  (Ctrl-C stops it)", flush=True)

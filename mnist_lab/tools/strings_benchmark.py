@@ -87,7 +87,7 @@ def run_benchmark(predictor, images: torch.Tensor, labels: torch.Tensor, num_str
     """Generate `num_strings` numbers from (images, labels), read them, and score the reading.
 
     Args:
-        predictor: uint8 (N, 28, 28) -> probabilities (N, K), e.g. mnist_lab.predict.Predictor.
+        predictor: uint8 (N, 28, 28) -> probabilities (N, K), e.g. mnist_lab.inference.predictor.Predictor.
         images: (N, 1, 28, 28) uint8 digits to draw from; labels: (N,) their labels.
         num_strings: how many numbers; lengths drawn uniformly from 3 to 8.
         seed: seeds the digits, the layout and the rendering.
@@ -182,12 +182,13 @@ def render_agreement(predictor, images: torch.Tensor, num: int, seed: int) -> di
 
 def strings_benchmark(cfg: DictConfig) -> dict[str, Any]:
     """Run the benchmark of cfg on the model of cfg.ckpt_path; print and write results.json."""
-    from mnist_lab.checkpoints import find_checkpoint, run_config
-    from mnist_lab.inference.predictor import Predictor
+    from mnist_lab.checkpoints import run_config
+    from mnist_lab.tools.predict import load_predictor
+    from mnist_lab.weights import find_checkpoint
 
     if cfg.num_strings < 1:
         raise ConfigError(f"num_strings={cfg.num_strings}: generate at least one string.")
-    predictor = Predictor(cfg.ckpt_path)
+    predictor = load_predictor(cfg.ckpt_path)
     data_cfg = cfg.data if cfg.get("data") is not None else run_config(find_checkpoint(cfg.ckpt_path)).data
     datamodule = instantiate(data_cfg)
     datamodule.setup("test")
