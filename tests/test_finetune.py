@@ -12,6 +12,7 @@ import torch
 from hydra.utils import instantiate
 
 from mnist_lab import CONF_DIR
+from mnist_lab.checkpoints import load_net
 from mnist_lab.classifier import Classifier
 from mnist_lab.config import build_run
 from mnist_lab.data import DigitsDataModule, IDXSource, Splits
@@ -353,6 +354,8 @@ def test_pretrain_export_then_finetune_on_uci_digits(tmp_path, monkeypatch):
     card = read_card(weights)
     assert card["checkpoint"].startswith(str(first / "checkpoints")) and card["model"]["_target_"].endswith("CNN")
     assert (second / EXPORTED).is_file() and list(cwd.iterdir()) == []
+    net, _ = load_net(weights)  # the card rebuilds the network: the file alone is a model
+    assert torch.equal(net.head.weight, exported["head.weight"])
     with pytest.raises(ConfigError, match="refusing to replace it"):  # an explicit path keeps its weights
         train(compose_config([*pretrain, f"callbacks.export_weights.path={weights}"], tmp_path / "pretrain3"))
     assert torch.equal(torch.load(weights, weights_only=True)["head.weight"], exported["head.weight"])
