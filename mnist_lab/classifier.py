@@ -51,7 +51,7 @@ class Classifier(pl.LightningModule):
         self.config = config
         self.finetune = finetune
         if finetune is not None:
-            finetune.bind(net)  # a no-op when train() bound it already (config validation does)
+            finetune.bind(net)  # a no-op when train() bound it already (config.build_run does)
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.scheduler_interval = scheduler_interval
         self.channels_last = channels_last
