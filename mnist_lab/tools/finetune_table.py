@@ -22,8 +22,8 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from mnist_lab import sweepdir
-from mnist_lab.checkpoints import load_file
 from mnist_lab.errors import user_errors
+from mnist_lab.weights import load_file
 
 ZERO_SHOT = "zero-shot"
 
