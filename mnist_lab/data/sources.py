@@ -62,14 +62,15 @@ class HeldOutTestSource:
     """A set without an official split, in MNIST's form, with a fixed stratified test split held out.
 
     Subclasses give `images()`: every image as float (N, 1, H, W) in [0, 1], ink high (as in
-    MNIST), and int64 labels. Each is scaled into a box x box square in the 28x28 frame and
-    shifted so its centre of mass is at the centre, as MNIST was made.
+    MNIST), and int64 labels. Each is prepared as MNIST was, by the arithmetic predict uses on
+    image files (mnist_form.fit_to_box): cropped to its ink, fitted into a box x box square
+    keeping its aspect ratio, centred by mass in 28x28.
 
     Args:
         test_fraction: share of every class held out as the test split.
         split_seed: seeds the train/test split (the test set stays fixed when only the
             training seed or data.split_seed changes).
-        box: the digit's box in the 28x28 frame.
+        box: the square the digit is fitted into (MNIST: 20).
     """
 
     def __init__(self, test_fraction: float = 0.2, split_seed: int = 0, box: int = 20) -> None:

@@ -1,11 +1,11 @@
 """Arbitrary images of handwriting -> MNIST-style 28x28 digits, one per digit of a number.
 
-MNIST's own preparation (LeCun et al.): white ink on black, the digit scaled (keeping its
-aspect ratio, antialiased) to fit a 20x20 box, then placed in 28x28 so that its centre of
-mass is at the centre. A model trained on MNIST sees only such images; a photo or scan gets
-the same treatment here: grey, polarity detected from the background, background removed,
-cropped to the ink, scaled, centred. A number (a postal code, an amount) is first cut into
-digits: connected ink components, fragments of one digit merged, touching digits split.
+A model trained on MNIST sees only digits in MNIST's form (white ink on black, scaled into a
+20x20 box keeping the aspect ratio, centred by mass in 28x28). An image file gets what only
+image files need here: grey, polarity detected from the background, background removed, and a
+number (a postal code, an amount) cut into digits (connected ink components, fragments of one
+digit merged, touching digits split); then each digit goes through the same preparation as
+the datasets' images, `mnist_lab.data.mnist_form.fit_to_box`.
 """
 
 from __future__ import annotations
@@ -15,22 +15,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image, ImageOps, UnidentifiedImageError
 from scipy import ndimage
 
+from mnist_lab.data.mnist_form import fit_to_box
 from mnist_lab.errors import UserError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
-# MNIST digits fill a 20x20 box (99.97% of the test set has max(height, width) == 20) and
-# their centre of mass sits at pixel (14.0, 14.0) +- 0.3 (measured on the 10k test images).
-BOX, SIZE, CENTRE = 20, 28, 14.0
 # Ink below this fraction of the image's ink contrast is paper texture, noise or JPEG ringing.
 NOISE_FLOOR = 0.2
-# The digit's extent (what must fit the 20x20 box) is where its ink reaches half strength: the
-# edge of the binary NIST strokes MNIST was made from. Faint halos of a smooth upscale or a
-# blurred photo lie outside it; they are kept in the crop but not counted in the size.
-EXTENT_LEVEL = 0.5
 # Ink components under 2% of the largest one's area are dust or noise specks, not writing.
 SPECK = 0.02
 # A group of ink wider than this x the digits' median height holds several digits. Tuned on
@@ -112,35 +105,8 @@ def ink_map(grey: np.ndarray, name: str = "image") -> np.ndarray:
 
 
 def to_mnist(ink: np.ndarray) -> np.ndarray:
-    """One digit's ink (any size, 0 background) -> (28, 28) uint8, MNIST-style.
-
-    Args:
-        ink: (H, W) ink in [0, 1], only this digit's ink non-zero.
-    """
-    rows, cols = np.nonzero(ink)
-    crop = ink[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1]
-    h, w = crop.shape
-    rows, cols = np.nonzero(crop >= EXTENT_LEVEL * crop.max())
-    scale = BOX / max(rows.max() - rows.min() + 1, cols.max() - cols.min() + 1)
-    size = (min(SIZE, max(1, round(h * scale))), min(SIZE, max(1, round(w * scale))))
-    # Antialiased resampling: averages the pixels each output pixel covers when shrinking.
-    digit = F.interpolate(
-        torch.from_numpy(np.ascontiguousarray(crop))[None, None],
-        size=size,
-        mode="bilinear",
-        antialias=True,
-        align_corners=False,
-    )[0, 0].clamp_(0, 1)
-    digit = digit / digit.max().clamp(min=1e-6)  # a thin pen fades when shrunk; MNIST's strokes peak at 255
-    mass = digit.sum()
-    cy = (digit.sum(1) * torch.arange(size[0])).sum() / mass
-    cx = (digit.sum(0) * torch.arange(size[1])).sum() / mass
-    # Integer shift (no resampling blur) putting the centre of mass at (14, 14), kept inside the frame.
-    top = int(np.clip(round(CENTRE - cy.item()), 0, SIZE - size[0]))
-    left = int(np.clip(round(CENTRE - cx.item()), 0, SIZE - size[1]))
-    out = torch.zeros(SIZE, SIZE)
-    out[top : top + size[0], left : left + size[1]] = digit
-    return (out * 255).round().to(torch.uint8).numpy()
+    """One digit's ink (H, W) in [0, 1], 0 background -> (28, 28) uint8 in MNIST's form (fit_to_box)."""
+    return fit_to_box(torch.from_numpy(np.ascontiguousarray(ink))[None, None])[0, 0].numpy()
 
 
 @dataclass
