@@ -10,7 +10,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from mnist_lab.data import DigitsDataModule, IDXSource, RandomAffine, RandomElastic, TensorBatches
+from mnist_lab.data import DigitsDataModule, IDXSource, RandomAffine, RandomElastic, Splits, TensorBatches
 from mnist_lab.errors import ConfigError, DataError
 from tests.conftest import MNIST_DIR
 
@@ -93,7 +93,7 @@ def test_missing_directory_tries_the_downloader_then_says_where(tmp_path, monkey
     """Offline: the torchvision downloader fails, the error names the folder and the fix."""
     calls = []
 
-    def offline(self):
+    def offline(self, cls):
         calls.append(self.download)
         raise OSError("network unreachable")
 
@@ -119,7 +119,7 @@ def test_downloader_output_is_found(tmp_path, monkeypatch):
     for path in MNIST_DIR.glob("*.gz"):
         (raw / path.stem).write_bytes(gzip.decompress(path.read_bytes()))
     source = IDXSource(str(tmp_path), download="torchvision.datasets.MNIST")
-    monkeypatch.setattr(IDXSource, "_download", lambda self: pytest.fail("cached files must be used"))
+    monkeypatch.setattr(IDXSource, "_download", lambda self, cls: pytest.fail("cached files must be used"))
     assert len(source.load().test_y) == 10000
 
 
@@ -177,6 +177,60 @@ def test_batches_cover_each_sample_once_and_resume_mid_epoch():
     resumed = TensorBatches(x, y, batch_size=3, shuffle=True, seed=7)
     resumed.load_state_dict(state)
     assert [b[1].tolist() for b in resumed] == uninterrupted[2:]
+
+
+class _Numbered:
+    """A source of 200 images whose pixels hold their index, so a batch tells which images it took."""
+
+    def load(self) -> Splits:
+        x = torch.arange(200).view(200, 1, 1, 1).expand(200, 1, 28, 28).to(torch.uint8)
+        y = torch.arange(200) % 10
+        return Splits(x.clone(), y, x[:20].clone(), y[:20])
+
+
+def _order_and_split(**seeds: int) -> tuple[list[int], list[int], list[int]]:
+    dm = DigitsDataModule(_Numbered(), batch_size=8, val_size=40, labels_per_class=8, **seeds)
+    dm.setup()
+    epochs = dm.train_dataloader()
+    order = [int(v) for _ in range(2) for x, _ in epochs for v in x[:, 0, 0, 0]]  # two epochs
+    return order, dm.splits.val_x[:, 0, 0, 0].tolist(), dm.splits.train_x[:, 0, 0, 0].tolist()
+
+
+def test_seed_draws_the_training_order_and_split_seed_the_split():
+    order, val, labelled = _order_and_split(split_seed=0, seed=0)
+    assert sorted(order[:80]) == sorted(labelled)  # an epoch is the labelled subset, each once
+    assert _order_and_split(split_seed=0) == (order, val, labelled)  # seed=None: split_seed's order
+    other_seed = _order_and_split(split_seed=0, seed=1)
+    assert other_seed[0] != order and other_seed[1:] == (val, labelled)
+    other_split = _order_and_split(split_seed=1, seed=0)
+    assert other_split[1] != val and other_split[2] != labelled
+    # The same order of positions: which images fill them is the split's business.
+    positions = {v: i for i, v in enumerate(labelled)}
+    assert [positions[v] for v in order] == [dict(zip(other_split[2], range(80)))[v] for v in other_split[0]]
+
+
+def test_fine_tuning_seeds_are_replicates_on_one_split(tmp_path):
+    """`mnist-lab model=cnn finetune=freeze_conv data=semeion seed=N` at tiny settings: no
+    dropout, no augmentation, the bundled weights; only the epoch order differs between seeds."""
+    from mnist_lab.train import train
+    from tests.conftest import compose_config
+
+    def run(seed: int, name: str) -> tuple[dict, torch.Tensor]:
+        overrides = ["model=cnn", "finetune=freeze_conv", "data=semeion", f"seed={seed}", "logger=none"]
+        overrides += [
+            "trainer.max_epochs=1",
+            "trainer.limit_train_batches=6",
+            "trainer.accelerator=cpu",
+            "callbacks.progress_bar=null",
+        ]
+        overrides += ["callbacks.test_report=null", "trainer.enable_model_summary=false"]
+        metrics = train(compose_config(overrides, tmp_path / name))
+        last = torch.load(tmp_path / name / "checkpoints" / "last.ckpt", weights_only=True)
+        return metrics, last["state_dict"]["net.head.weight"]
+
+    (m0, w0), (m1, w1), (again, w_again) = run(0, "a"), run(1, "b"), run(0, "c")
+    assert not torch.equal(w0, w1) and m0["test/loss"] != m1["test/loss"]
+    assert torch.equal(w0, w_again) and m0["test/loss"] == again["test/loss"]
 
 
 def _on(device: str) -> SimpleNamespace:

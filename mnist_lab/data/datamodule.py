@@ -31,7 +31,10 @@ class DigitsDataModule(pl.LightningDataModule):
         eval_batch_size: validation/test batch size (conf/data/base.yaml says why 256 on CPU).
         val_size: images held out of the training split for validation, when the source has
             no validation split of its own.
-        split_seed: seeds the train/val split and the labels_per_class subset.
+        split_seed: draws which images are held out for validation and which are labelled
+            (labels_per_class): the split alone, the same for every training seed.
+        seed: draws the order of every training epoch (conf/data/base.yaml: the run's `seed`);
+            None takes split_seed, as a saved config without this key did.
         labels_per_class: keep only this many training images per class (stratified), or null.
         train_size: keep only the first N training images after the split, or null (tests, scaling).
         mean, std: normalisation of [0, 1] pixels, as the article's Normalize(0.1307, 0.3081).
@@ -56,11 +59,13 @@ class DigitsDataModule(pl.LightningDataModule):
         std: float = 0.3081,
         augment: RandomAffine | None = None,
         on_device: bool = False,
+        seed: int | None = None,
     ) -> None:
         super().__init__()  # value ranges are checked with the config (mnist_lab/config/validate.py)
         self.source, self.num_classes = source, num_classes
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
         self.val_size, self.split_seed = val_size, split_seed
+        self.seed = split_seed if seed is None else seed
         self.labels_per_class, self.train_size = labels_per_class, train_size
         self.mean, self.std, self.augment = mean, std, augment
         self.on_device = on_device
@@ -114,7 +119,7 @@ class DigitsDataModule(pl.LightningDataModule):
     def train_dataloader(self) -> TensorBatches:
         if self._train_batches is None:  # one object for the whole run: it carries the epoch
             self._train_batches = TensorBatches(
-                *self._split("train"), self.batch_size, True, self.split_seed, **self._shard()
+                *self._split("train"), self.batch_size, True, self.seed, **self._shard()
             )
             if self._train_state is not None:
                 self._train_batches.load_state_dict(self._train_state)
