@@ -11,11 +11,17 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 
 import pytest
+import pytorch_lightning as pl
+import torch
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
 
 from mnist_lab import ROOT_DIR
-from tests.conftest import TINY
+from mnist_lab.classifier import Classifier
+from tests.conftest import TINY, compose_config
 from tests.slurm_cluster import PARTITION, Cluster, missing
 
 pytestmark = pytest.mark.skipif(missing() is not None, reason=missing() or "")
@@ -102,3 +108,92 @@ def test_the_default_gpu_request_is_scheduled_as_on_a_gpu_cluster(cluster, tmp_p
     (batch,) = (sweep / ".submitit").glob("*/*_submission.sh")
     script = batch.read_text()
     assert "#SBATCH --gpus-per-node=1" in script and "#SBATCH --ntasks-per-node=1" in script
+
+
+def wait_for(condition, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(0.2)
+
+
+def test_a_requeued_job_resumes_from_its_own_last_checkpoint_and_ends_as_an_uninterrupted_one(cluster, tmp_path):
+    # Two jobs of the same config; job 0 is requeued (as a preemption is) after its first
+    # epoch's checkpoint, job 1 runs through. SIGTERM saves job 0's last.ckpt, SLURM restarts
+    # it, and it resumes in its own directory to the same metrics and weights as job 1.
+    sweep = tmp_path / "sweep"
+    longer = [o for o in SMALL if not o.startswith(("data.train_size", "trainer.max_epochs"))]
+    command = [sys.executable, "-m", "mnist_lab", "-m", *slurm_sweep(str(ROOT_DIR)), *CPU_PARTITION, *longer]
+    command += ["data.train_size=3072", "trainer.max_epochs=3", "logger=none", "seed=0,0", f"hydra.sweep.dir={sweep}"]
+    sweep_process = subprocess.Popen(
+        [c for c in command if c], env=cluster.env, cwd=ROOT_DIR, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        wait_for(lambda: (sweep / "0" / "checkpoints" / "last.ckpt").is_file(), 240, "job 0's first last.ckpt")
+        (job,) = [j for j in cluster.squeue("-o", "%i").split() if j.endswith("_0")]
+        assert cluster.scontrol("requeue", job).returncode == 0
+        # SLURM holds a requeued batch job for a while before it may start again; release it now.
+        wait_for(lambda: "PD" in cluster.squeue("-j", job, "-o", "%t"), 60, "the requeued job to be pending")
+        cluster.scontrol("update", f"JobId={job}", "StartTime=now")
+        out, err = sweep_process.communicate(timeout=420)
+    finally:
+        sweep_process.kill()
+    assert sweep_process.returncode == 0, err[-3000:]
+    interrupted, through = (json.loads((sweep / j / "metrics.json").read_text()) for j in ("0", "1"))
+    wall_clock = {"train_seconds", "test_seconds", "epoch_seconds", "val_seconds", "best_checkpoint"}
+    assert {k: v for k, v in interrupted.items() if k not in wall_clock} == {
+        k: v for k, v in through.items() if k not in wall_clock
+    }
+    assert interrupted["epochs"] == 3
+    # The SLURM job's own log (stderr) shows the stop and the resumption; the run's log shows
+    # Lightning restoring the checkpoint.
+    (slurm_log,) = (sweep / ".submitit").glob("*_0/*_0_log.err")
+    assert "SIGTERM received: training stopped at step" in slurm_log.read_text()
+    assert f"SLURM restarted this job (restart 1): resuming {sweep / '0'} from its last.ckpt" in slurm_log.read_text()
+    assert f"Restoring states from the checkpoint path at {sweep / '0' / 'checkpoints' / 'last.ckpt'}" in (
+        sweep / "0" / "__main__.log"
+    ).read_text()
+    assert list((sweep / "0" / ".hydra").glob("resume-*")), "the resumed start's record is kept apart"
+    weights = [torch.load(sweep / j / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"] for j in ("0", "1")]
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[1])
+
+
+def test_ddp_as_slurm_runs_it_one_rank_per_task_tests_to_the_single_process_accuracy(cluster, tmp_path):
+    # Two SLURM tasks of one job, one DDP rank each (gloo on the CPU), joined through Lightning's
+    # SLURM environment: mnist_lab starts no processes of its own.
+    sweep = tmp_path / "sweep"
+    tiny = [o for o in SMALL if not o.startswith(("trainer.limit_test_batches", "optimizer.lr"))]
+    result = run_cli(
+        cluster,
+        "-m",
+        *slurm_sweep(str(ROOT_DIR)),
+        *CPU_PARTITION,
+        "hydra.launcher.tasks_per_node=2",
+        *tiny,
+        "data.eval_batch_size=1000",  # the whole test set: limit_test_batches would count per rank
+        "trainer=ddp_cpu",
+        "logger=none",
+        "optimizer.lr=0.05",
+        f"hydra.sweep.dir={sweep}",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    run = sweep / "0"
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["global_steps"] == 8  # 1,024 images / 2 ranks / batch 64: each rank half an epoch
+    # Each rank's job log is its own: rank 0's the run's __main__.log, rank 1's ddp_rank1.log.
+    main_log, rank1_log = (run / "__main__.log").read_text(), (run / "ddp_rank1.log").read_text()
+    assert main_log.count("Job completed successfully") == rank1_log.count("Job completed successfully") == 1
+
+    # The same checkpoint tested in this one process gives exactly the same accuracy.
+    overrides = OmegaConf.load(run / ".hydra" / "overrides.yaml")
+    cfg = compose_config([o for o in overrides if not o.startswith("trainer=")], tmp_path / "single")
+    module = Classifier(
+        net=instantiate(cfg.model),
+        optimizer=instantiate(cfg.optimizer),
+        num_classes=cfg.data.num_classes,
+        channels_last=cfg.channels_last,
+    )
+    trainer = pl.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False)
+    (single,) = trainer.test(module, datamodule=instantiate(cfg.data), ckpt_path=metrics["best_checkpoint"])
+    assert single["test/acc"] == metrics["test/acc"]
