@@ -127,7 +127,12 @@ def test_a_requeued_job_resumes_from_its_own_last_checkpoint_and_ends_as_an_unin
     command = [sys.executable, "-m", "mnist_lab", "-m", *slurm_sweep(str(ROOT_DIR)), *CPU_PARTITION, *longer]
     command += ["data.train_size=3072", "trainer.max_epochs=3", "logger=none", "seed=0,0", f"hydra.sweep.dir={sweep}"]
     sweep_process = subprocess.Popen(
-        [c for c in command if c], env=cluster.env, cwd=ROOT_DIR, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        [c for c in command if c],
+        env=cluster.env,
+        cwd=ROOT_DIR,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         wait_for(lambda: (sweep / "0" / "checkpoints" / "last.ckpt").is_file(), 240, "job 0's first last.ckpt")
@@ -151,9 +156,10 @@ def test_a_requeued_job_resumes_from_its_own_last_checkpoint_and_ends_as_an_unin
     (slurm_log,) = (sweep / ".submitit").glob("*_0/*_0_log.err")
     assert "SIGTERM received: training stopped at step" in slurm_log.read_text()
     assert f"SLURM restarted this job (restart 1): resuming {sweep / '0'} from its last.ckpt" in slurm_log.read_text()
-    assert f"Restoring states from the checkpoint path at {sweep / '0' / 'checkpoints' / 'last.ckpt'}" in (
-        sweep / "0" / "__main__.log"
-    ).read_text()
+    assert (
+        f"Restoring states from the checkpoint path at {sweep / '0' / 'checkpoints' / 'last.ckpt'}"
+        in (sweep / "0" / "__main__.log").read_text()
+    )
     assert list((sweep / "0" / ".hydra").glob("resume-*")), "the resumed start's record is kept apart"
     weights = [torch.load(sweep / j / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"] for j in ("0", "1")]
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[1])

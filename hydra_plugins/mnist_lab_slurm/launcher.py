@@ -21,9 +21,9 @@ import os
 from pathlib import Path
 from typing import Any
 
-from hydra_plugins.hydra_submitit_launcher.submitit_launcher import SlurmLauncher as HydraSlurmLauncher
 from omegaconf import open_dict
 
+from hydra_plugins.hydra_submitit_launcher.submitit_launcher import SlurmLauncher as HydraSlurmLauncher
 from mnist_lab.rundir import resume_in_place, unfinished
 
 log = logging.getLogger(__name__)
@@ -54,7 +54,9 @@ class SlurmLauncher(HydraSlurmLauncher):
         if restarts():
             run_dir = self.job_dir(sweep_overrides, job_num)
             if unfinished(run_dir):
-                log.warning("SLURM restarted this job (restart %d): resuming %s from its last.ckpt", restarts(), run_dir)
+                log.warning(
+                    "SLURM restarted this job (restart %d): resuming %s from its last.ckpt", restarts(), run_dir
+                )
                 extra += resume_in_place(run_dir)
         return super().__call__([*sweep_overrides, *extra], job_dir_key, job_num, job_id, singleton_state)
 
