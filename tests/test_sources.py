@@ -217,9 +217,10 @@ def test_missing_torchvision_dataset_is_a_clear_data_error(tmp_path):
         (lambda name, root: IDXSource(root, download=name), "data.source.download", "nopackage.MNIST", "nopackage"),
     ],
 )
-def test_a_bad_dataset_import_path_is_one_config_paragraph(tmp_path, make, key, name, reason):
+def test_a_bad_dataset_import_path_is_one_config_paragraph(tmp_path, caplog, make, key, name, reason):
     with pytest.raises(ConfigError) as e:
         make(name, str(tmp_path)).load()
     message = str(e.value)
     assert message.startswith(f"{key}={name} is not an importable dataset class") and reason in message
     assert "\n" not in message and "e.g. torchvision.datasets.MNIST" in message
+    assert not caplog.records  # hydra's get_object logs the failure too: said once, not twice

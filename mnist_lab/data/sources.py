@@ -9,6 +9,7 @@ download; a new torchvision dataset is a YAML file (see conf/data/usps_download.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +38,9 @@ class Splits:
 
 def dataset_class(path: str, key: str) -> type:
     """The dataset class at the import path `path`, which config key `key` gave; a ConfigError if there is none."""
+    hydra_log = logging.getLogger("hydra.utils")  # get_object logs each failure (3 lines) before raising it
+    level = hydra_log.level
+    hydra_log.setLevel(logging.CRITICAL)  # the ConfigError below says it once, in one paragraph
     try:
         found = get_object(path)
     except Exception as e:  # ImportError, AttributeError, ValueError: a misspelt or missing name
@@ -45,6 +49,8 @@ def dataset_class(path: str, key: str) -> type:
         if isinstance(found, type):
             return found
         reason = f"it is a {type(found).__name__}, not a class"
+    finally:
+        hydra_log.setLevel(level)
     raise ConfigError(
         f"{key}={path} is not an importable dataset class ({reason}). Give the import path of a dataset "
         "class, e.g. torchvision.datasets.MNIST."
