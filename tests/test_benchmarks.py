@@ -24,6 +24,7 @@ def run_benchmark(script: str, *args: str, env: dict[str, str] | None = None) ->
     )
 
 
+@pytest.mark.slow
 def test_compare_article_smoke(tmp_path):
     out = tmp_path / "summary.json"
     result = run_benchmark(
@@ -42,6 +43,7 @@ def test_compare_article_smoke(tmp_path):
     assert recorded["matmul_gflops"]["fp32"] > 0
 
 
+@pytest.mark.slow
 def test_parity_smoke(tmp_path):
     # Sizes cheap where bf16 is emulated (no AVX512_BF16 or AMX, e.g. a Zen 3): there one
     # 2048x2048 bf16 matmul took 3 minutes and a bf16 training step of 64 images 1.5 s (one
@@ -82,6 +84,7 @@ def test_mnist_labs_side_stays_on_the_cpu_unless_a_gpu_is_asked_for():
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message of a machine without a GPU")
+@pytest.mark.slow
 def test_parity_on_cuda_without_a_gpu_says_so():
     result = run_benchmark("parity.py", "--device", "cuda", "--reps", "1", "--epochs", "1", "--limit-batches", "2")
     assert result.returncode == 2 and "--device cuda" in result.stderr and "no CUDA GPU" in result.stderr
@@ -89,6 +92,7 @@ def test_parity_on_cuda_without_a_gpu_says_so():
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message of a machine without a GPU")
+@pytest.mark.slow
 def test_gpu_checks_stop_at_once_without_a_gpu(tmp_path):
     result = subprocess.run(
         ["bash", "benchmarks/gpu_checks.sh", str(tmp_path / "out")],
@@ -102,6 +106,7 @@ def test_gpu_checks_stop_at_once_without_a_gpu(tmp_path):
     assert list((tmp_path / "out").iterdir()) == []  # nothing measured, nothing written
 
 
+@pytest.mark.slow
 def test_step_overhead_smoke(tmp_path):
     out = tmp_path / "steps.json"
     args = "--reps 1 --steps 12 --warmup 2 --models tiny --precision 32-true bf16-mixed".split()
@@ -130,6 +135,7 @@ def test_step_overhead_smoke(tmp_path):
         )
 
 
+@pytest.mark.slow
 def test_step_overhead_times_whole_steps():
     step_overhead = benchmark_module("step_overhead")
     starts = [0.0, 0.010, 0.011, 0.013, 0.016]  # steps of 10, 1, 2 and 3 ms
@@ -148,6 +154,7 @@ def test_step_overhead_times_whole_steps():
     assert result.returncode != 0 and "--steps 20" in result.stderr
 
 
+@pytest.mark.slow
 def test_scaling_smoke():
     result = run_benchmark("scaling.py", "--sizes", "640", "--batches", "64", "128", "--epochs", "1")
     assert result.returncode == 0, result.stderr[-3000:]
@@ -159,6 +166,7 @@ def test_scaling_smoke():
     assert all(float(r[4]) > 0 and float(r[5]) > 0 for r in rows)  # GFLOP/s and its fraction of the matmul rate
 
 
+@pytest.mark.slow
 def test_widths_smoke():
     result = run_benchmark("widths.py", "--widths", "16/32", "8/16", "--batches", "32", "--steps", "2", "--reps", "1")
     assert result.returncode == 0, result.stderr[-3000:]
@@ -169,6 +177,7 @@ def test_widths_smoke():
     assert rows[0][3] == "207226"
 
 
+@pytest.mark.slow
 def test_widths_sets_the_two_batch_norm_placements_side_by_side():
     args = "--widths 8/16 --norm before after --bf16 --batches 16 --steps 2 --reps 2".split()
     result = run_benchmark("widths.py", *args)
@@ -181,6 +190,7 @@ def test_widths_sets_the_two_batch_norm_placements_side_by_side():
     assert len(ratio.split("per repetition")[1].split()) == 2  # one ratio per repetition
 
 
+@pytest.mark.slow
 def test_widths_profiles_each_network():
     args = "--widths 8/16 --norm before after --batches 16 --steps 2 --reps 1 --profile 3".split()
     result = run_benchmark("widths.py", *args)
@@ -190,11 +200,13 @@ def test_widths_profiles_each_network():
     assert out.count("Self CPU time total") == 2  # one torch.profiler table a network
 
 
+@pytest.mark.slow
 def test_widths_names_a_malformed_width():
     result = run_benchmark("widths.py", "--widths", "16x32")
     assert result.returncode != 0 and "16x32" in result.stderr
 
 
+@pytest.mark.slow
 def test_eval_batch_smoke():
     result = run_benchmark("eval_batch.py", "--batches", "64", "128", "--reps", "1", "--limit", "2")
     assert result.returncode == 0, result.stderr[-3000:]
@@ -203,6 +215,7 @@ def test_eval_batch_smoke():
     assert all(float(r[1]) > 0 and float(r[2]) > 0 for r in rows)
 
 
+@pytest.mark.slow
 def test_augment_benchmark_smoke():
     result = run_benchmark("augment.py", "--reps", "1", "--steps", "1", "--batch", "16")
     assert result.returncode == 0, result.stderr[-3000:]
@@ -211,6 +224,7 @@ def test_augment_benchmark_smoke():
     assert rows["training"][1] == "1.00" and all(float(ms) > 0 for ms, _ in rows.values())
 
 
+@pytest.mark.slow
 def test_speedrun_benchmark_smoke(tmp_path):
     out = tmp_path / "speedrun.json"
     # one test batch: the preset trains in bf16, which a CPU without native bf16 emulates slowly
@@ -243,6 +257,7 @@ def test_speedrun_benchmark_spreads_the_article_runs():
     assert order == [("article", 0), ("a", 0), ("b", 0), ("a", 1), ("article", 1), ("b", 1), ("a", 2), ("b", 2)]
 
 
+@pytest.mark.slow
 def test_bf16_isa_smoke(tmp_path):
     out = tmp_path / "isa.json"
     args = "--isa native --batch 16 --blocks 1 --steps 2".split()  # batch 16: cheap where bf16 is emulated

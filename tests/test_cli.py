@@ -12,7 +12,7 @@ import pytest
 from tests.conftest import TINY
 
 # Every test here asserts on the model trained by the suite (conftest.trained_run or its own run).
-pytestmark = pytest.mark.trained_model
+pytestmark = [pytest.mark.trained_model, pytest.mark.slow]
 # The lower bound on the test accuracy of the tiny one-epoch runs here (the measured spread is
 # beside its first use).
 TRAINED_BOUND = 0.3

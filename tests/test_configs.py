@@ -115,6 +115,7 @@ def test_augment_choice_instantiates(name, tmp_path):
     assert data.augment(x).shape == x.shape
 
 
+@pytest.mark.slow
 def test_unknown_choice_lists_the_options(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "mnist_lab", "model=nope", f"hydra.run.dir={tmp_path}/run"],

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 import pytorch_lightning as pl
 import torch
 from hydra.utils import instantiate
@@ -99,6 +100,7 @@ def test_a_started_rank_reruns_this_job_from_its_own_config_directory(tmp_path):
     assert cwd == cfg.hydra.runtime.cwd
 
 
+@pytest.mark.slow
 def test_ddp_cpu_sweep_survives_a_failing_job_and_tests_to_the_single_process_accuracy(tmp_path):
     """Job 0 diverges (NaN loss on both ranks) and is recorded; job 1 then starts ranks of its own."""
     sweep = tmp_path / "sweep"
@@ -120,8 +122,15 @@ def test_ddp_cpu_sweep_survives_a_failing_job_and_tests_to_the_single_process_ac
     assert metrics["global_steps"] == 8  # 1,024 images / 2 ranks / batch 64: each rank half an epoch
 
     # The same checkpoint tested in this one process gives exactly the same accuracy.
+    single = tested_in_one_process(run, metrics["best_checkpoint"], tmp_path / "single")
+    assert single["test/acc"] == metrics["test/acc"]
+    assert abs(single["test/loss"] - metrics["test/loss"]) < 1e-5  # summed in another order
+
+
+def tested_in_one_process(run, checkpoint: str, output_dir) -> dict:
+    """The test metrics of `checkpoint`, from a DDP run's directory, tested here in one process."""
     overrides = OmegaConf.load(run / ".hydra" / "overrides.yaml")
-    cfg = compose_config([o for o in overrides if not o.startswith("trainer=")], tmp_path / "single")
+    cfg = compose_config([o for o in overrides if not o.startswith("trainer=")], output_dir)
     module = Classifier(
         net=instantiate(cfg.model),
         optimizer=instantiate(cfg.optimizer),
@@ -129,6 +138,5 @@ def test_ddp_cpu_sweep_survives_a_failing_job_and_tests_to_the_single_process_ac
         channels_last=cfg.channels_last,
     )
     trainer = pl.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False)
-    (single,) = trainer.test(module, datamodule=instantiate(cfg.data), ckpt_path=metrics["best_checkpoint"])
-    assert single["test/acc"] == metrics["test/acc"]
-    assert abs(single["test/loss"] - metrics["test/loss"]) < 1e-5  # summed in another order
+    (single,) = trainer.test(module, datamodule=instantiate(cfg.data), ckpt_path=checkpoint)
+    return single

@@ -28,6 +28,7 @@ def test_class_scores_count_a_class_never_predicted_or_absent_as_zero():
 
 
 @trained_model
+@pytest.mark.slow
 def test_evaluate_reproduces_the_runs_test_metrics(trained_run, tmp_path):
     cfg = compose_config([f"ckpt_path={trained_run}"], tmp_path / "eval", config_name="evaluate")
     metrics = evaluate(cfg)
@@ -52,6 +53,7 @@ def test_evaluate_reproduces_the_runs_test_metrics(trained_run, tmp_path):
 
 
 @trained_model
+@pytest.mark.slow
 def test_evaluate_on_the_validation_split_and_bad_values(trained_run, tmp_path):
     metrics = evaluate(
         compose_config([f"ckpt_path={trained_run}", "split=val"], tmp_path / "v", config_name="evaluate")
@@ -62,6 +64,7 @@ def test_evaluate_on_the_validation_split_and_bad_values(trained_run, tmp_path):
 
 
 @trained_model
+@pytest.mark.slow
 def test_evaluate_command_line(trained_run, tmp_path):
     result = subprocess.run(
         [
@@ -84,6 +87,7 @@ def test_evaluate_command_line(trained_run, tmp_path):
 
 
 @trained_model
+@pytest.mark.slow
 def test_ensemble_averages_softmax_of_its_members(trained_run, tmp_path):
     single = evaluate(compose_config([f"ckpt_path={trained_run}"], tmp_path / "one", config_name="evaluate"))
     # The same network twice: the average of two equal softmax outputs is that output.
@@ -113,6 +117,7 @@ def test_ensemble_averages_softmax_of_its_members(trained_run, tmp_path):
 
 
 @trained_model
+@pytest.mark.slow
 def test_test_time_augmentation_is_applied_to_every_member_and_recorded(trained_run, tmp_path):
     args = [f"ckpt_path={trained_run}", f"ensemble=[{trained_run}]", "num_wrong=0"]
     plain = evaluate(compose_config(args, tmp_path / "plain", config_name="evaluate"))

@@ -15,7 +15,7 @@ from mnist_lab.tools.predict import load_predictor
 from tests.conftest import MNIST_DIR, compose_config
 
 # Every test here asserts on the model trained by the suite (conftest.trained_run or its own run).
-pytestmark = pytest.mark.trained_model
+pytestmark = [pytest.mark.trained_model, pytest.mark.slow]
 
 
 @pytest.mark.parametrize("fmt,suffix", [("onnx", ".onnx"), ("torchscript", ".pt")])

@@ -115,6 +115,7 @@ def test_every_strategy_yaml_has_an_expectation():
 
 
 @pytest.mark.parametrize("strategy", sorted(TRAINS_AT_START))
+@pytest.mark.slow
 def test_strategy_trains_exactly_its_groups(small_mnist, strategy):
     """requires_grad and the change after 4 SGD steps match the strategy; frozen BN stats stay fixed."""
     _, rec = fit(small_mnist, strategy, "model.batch_norm=true", "optimizer.weight_decay=0.01")
@@ -132,6 +133,7 @@ class ForceDistributedMode(pl.Callback):
         module.finetune.distributed = True
 
 
+@pytest.mark.slow
 def test_distributed_mode_freezes_by_dropping_gradients(small_mnist):
     """Under DDP every parameter keeps requires_grad; frozen groups still stay bit-for-bit equal."""
     _, rec = fit(
@@ -154,6 +156,7 @@ def test_frozen_batch_norm_can_keep_updating_statistics(small_mnist):
     assert not torch.equal(before["conv1.1.running_mean"], after["conv1.1.running_mean"])  # statistics move
 
 
+@pytest.mark.slow
 def test_gradual_unfreeze_fires_at_its_epochs_and_schedulers_keep_working(small_mnist):
     module, rec = fit(
         small_mnist,
@@ -188,6 +191,7 @@ def test_gradual_unfreeze_fires_at_its_epochs_and_schedulers_keep_working(small_
     ],
     ids=["step", "cosine", "onecycle"],
 )
+@pytest.mark.slow
 def test_discriminative_lr_multipliers_survive_schedulers(small_mnist, scheduler):
     module, rec = fit(small_mnist, "discriminative_lr", *scheduler)
     lrs = {g["name"]: g["lr"] for g in module.trainer.optimizers[0].param_groups}  # after the scheduler's steps
@@ -202,6 +206,7 @@ def test_explicit_group_lr(small_mnist):
     assert rec.lrs[0] == pytest.approx({"conv1": 0.0005, "conv2": 0.05, "fc1": 0.05, "head": 0.05})
 
 
+@pytest.mark.slow
 def test_none_without_checkpoint_is_a_plain_run(small_mnist):
     """finetune=none trains exactly as a Classifier without any fine-tuning strategy."""
     module, rec = fit(small_mnist, "none")
@@ -222,6 +227,7 @@ def test_none_without_checkpoint_is_a_plain_run(small_mnist):
         assert torch.equal(v, rec.states[1][k]), k
 
 
+@pytest.mark.slow
 def test_plateau_unfreezes_the_next_group(small_mnist):
     # min_delta 1.0: no validation ever counts as an improvement, so with patience 1 the
     # first validation sets the reference and each later one unfreezes the next group.
@@ -253,6 +259,7 @@ RESUMED_STRATEGY = [
 ]
 
 
+@pytest.mark.slow
 def test_resume_mid_schedule_equals_uninterrupted_run(tmp_path):
     strategy = RESUMED_STRATEGY
     whole = compose_config([*TINY, *RESUME, *strategy, "trainer.max_epochs=3"], tmp_path / "whole")
@@ -330,6 +337,7 @@ def test_unknown_group_fails_with_the_models_groups(tiny_cfg):
         FineTune(frozen=["conv1"], on_plateau={"monitor": "val/f1"})
 
 
+@pytest.mark.slow
 def test_pretrain_export_then_finetune_on_uci_digits(tmp_path, monkeypatch):
     """The README's two commands at toy size: pretrain (twice), then freeze_conv from a pretraining's run directory."""
     cwd = tmp_path / "cwd"

@@ -32,6 +32,7 @@ def old_run(tmp_path) -> Path:
     return run
 
 
+@pytest.mark.slow
 def test_old_run_evaluates(old_run, tmp_path):
     from mnist_lab.tools.evaluate import main
 
@@ -54,6 +55,7 @@ def test_old_run_predicts(old_run, tmp_path):
     assert (tmp_path / "pred" / "predictions.csv").read_text().count("digit.png") == 1
 
 
+@pytest.mark.slow
 def test_old_run_resumes(old_run):
     from mnist_lab.__main__ import cli
 

@@ -55,6 +55,7 @@ VARIANTS = {
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.slow
 def test_rendered_digits_are_read_as_the_model_reads_the_originals(variant, test_digits, predictor, tmp_path):
     x, _ = test_digits
     idx = np.random.default_rng(0).choice(len(x), 300, replace=False)
@@ -125,6 +126,7 @@ def test_generated_numbers_are_mostly_read_right(test_digits, predictor):
     assert page.dtype == np.uint8 and page.shape[1] > page.shape[0]
 
 
+@pytest.mark.slow
 def test_bad_files_get_their_own_error_and_the_others_are_read(test_digits, trained_run, tmp_path):
     x, _ = test_digits
     inputs = tmp_path / "inputs"
@@ -182,6 +184,7 @@ def test_bad_files_get_their_own_error_and_the_others_are_read(test_digits, trai
     assert "a_good.png: " in result.stdout and "blank.png: ERROR" in result.stdout and "Traceback" not in result.stderr
 
 
+@pytest.mark.slow
 def test_bad_checkpoints_give_one_paragraph(trained_run, tmp_path):
     import torch
 
@@ -231,6 +234,7 @@ def test_bad_checkpoints_give_one_paragraph(trained_run, tmp_path):
     assert result.returncode == 1 and "truncated or corrupted" in result.stderr and "Traceback" not in result.stderr
 
 
+@pytest.mark.slow
 def test_test_time_augmentation_averages_the_rotated_views(test_digits, predictor):
     from torchvision.transforms import InterpolationMode
     from torchvision.transforms.v2.functional import rotate

@@ -19,6 +19,7 @@ from tests.conftest import TINY, compose_config
 
 
 @pytest.mark.parametrize("model", MODELS)
+@pytest.mark.slow
 def test_bundled_weights_match_their_card(model):
     weights = weights_path(model)
     card = read_card(weights)
@@ -39,6 +40,7 @@ def test_every_model_default_finds_its_bundled_weights(model):
     assert build_run(cfg).finetune.checkpoint == str(weights_path(model))
 
 
+@pytest.mark.slow
 def test_freeze_conv_starts_from_the_bundled_weights_and_keeps_the_convs(tmp_path, caplog):
     cfg = compose_config(
         [*TINY, "finetune=freeze_conv", "data=uci_digits", "data.train_size=null", "logger=none", "test=false"],
@@ -55,6 +57,7 @@ def test_freeze_conv_starts_from_the_bundled_weights_and_keeps_the_convs(tmp_pat
     assert not torch.equal(trained["net.head.weight"], bundled["head.weight"])  # the head trained
 
 
+@pytest.mark.slow
 def test_fine_tuning_on_mnist_says_it_is_the_pretraining_data(tmp_path, caplog):
     cfg = compose_config([*TINY, "finetune=linear_probe", "logger=none", "test=false"], tmp_path / "run")
     with caplog.at_level(logging.INFO, logger="mnist_lab.train"):

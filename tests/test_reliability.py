@@ -141,6 +141,7 @@ def reference(tmp_path_factory) -> Path:
     return run
 
 
+@pytest.mark.slow
 def test_sigkill_mid_epoch_then_resume_equals_uninterrupted_run(reference, tmp_path):
     run = tmp_path / "run"
     proc = start_cli(run)
@@ -166,6 +167,7 @@ def test_sigkill_mid_epoch_then_resume_equals_uninterrupted_run(reference, tmp_p
     assert json.loads((run / "environment.json").read_text())["mnist_lab"]
 
 
+@pytest.mark.slow
 def test_sigterm_saves_a_loadable_checkpoint_exits_143_and_resumes_exactly(reference, tmp_path):
     run = tmp_path / "run"
     proc = start_cli(run, "checkpoint_every_n_steps=null")  # only the signal writes last.ckpt
@@ -197,6 +199,7 @@ class LastCheckpointProbe(pl.Callback):
                 f.write(f"{step}\n")
 
 
+@pytest.mark.slow
 def test_every_epoch_is_saved_also_without_validation(tiny_cfg, tmp_path, monkeypatch):
     """data.val_size=0: no validation to save after, so each epoch's end writes last.ckpt, the last one once."""
     log = tmp_path / "steps.txt"
@@ -238,6 +241,7 @@ def test_ctrl_c_saves_checkpoint_at_that_step_and_restores_the_handler(tiny_cfg)
     assert not (run / "metrics.json").exists()
 
 
+@pytest.mark.slow
 def test_same_config_and_seed_give_identical_metrics_and_weights(reference, tmp_path):
     run = tmp_path / "run"
     train(compose_config(RUN, run))
@@ -323,6 +327,7 @@ def test_resume_argv_runs_the_saved_config_in_place(tmp_path):
     [(3, 11, 9), (None, 11, 8)],
     ids=["mid-epoch-checkpoint", "checkpoint-after-validation"],
 )
+@pytest.mark.slow
 def test_fine_tune_state_survives_a_resume(tmp_path, every, crash_at, saved_at):
     # Gradual unfreezing: epoch 0 trains the head only, epoch 1 also fc1 (8 steps per epoch).
     # Resumed mid-epoch, Lightning skips on_train_epoch_start; resumed from the checkpoint of
@@ -349,6 +354,7 @@ def test_fine_tune_state_survives_a_resume(tmp_path, every, crash_at, saved_at):
 
 
 @pytest.mark.parametrize("extra", [[], ["data.val_size=0"]], ids=["validated", "without-validation"])
+@pytest.mark.slow
 def test_a_run_killed_in_its_test_resumes_to_the_test(tmp_path, extra):
     # The last.ckpt of the last validation (or epoch end) holds the final training state: a
     # resumed run trains no further and tests the same weights as an uninterrupted run.

@@ -161,6 +161,7 @@ def test_a_port_in_use_is_one_clear_error(predictor, url):
         make_server(predictor, "127.0.0.1", port, MAX_BYTES)
 
 
+@pytest.mark.slow
 def test_the_command_prints_its_url_and_stops_on_ctrl_c(tmp_path):
     process = subprocess.Popen(
         [sys.executable, "-m", "mnist_lab", "serve", f"ckpt_path={MODEL}", "port=0", f"hydra.run.dir={tmp_path}"],
@@ -259,6 +260,7 @@ def read_on_page(driver, timeout: float = 30) -> tuple[str, list[int]]:
     return text, widths
 
 
+@pytest.mark.slow
 def test_a_digit_drawn_in_a_real_browser_is_read(url, confident, tmp_path):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait

@@ -14,17 +14,14 @@ import sys
 import time
 
 import pytest
-import pytorch_lightning as pl
 import torch
-from hydra.utils import instantiate
-from omegaconf import OmegaConf
 
 from mnist_lab import ROOT_DIR
-from mnist_lab.classifier import Classifier
-from tests.conftest import TINY, compose_config
+from tests.conftest import TINY
 from tests.slurm_cluster import PARTITION, Cluster, missing
+from tests.test_ddp import tested_in_one_process
 
-pytestmark = pytest.mark.skipif(missing() is not None, reason=missing() or "")
+pytestmark = [pytest.mark.skipif(missing() is not None, reason=missing() or ""), pytest.mark.slow]
 
 SMALL = [o for o in TINY if not o.startswith("trainer.limit_test_batches")] + ["trainer.limit_test_batches=1"]
 # What a user on a CPU partition adds to the README's command: no GPU requested (and so one task per job).
@@ -192,14 +189,5 @@ def test_ddp_as_slurm_runs_it_one_rank_per_task_tests_to_the_single_process_accu
     assert main_log.count("Job completed successfully") == rank1_log.count("Job completed successfully") == 1
 
     # The same checkpoint tested in this one process gives exactly the same accuracy.
-    overrides = OmegaConf.load(run / ".hydra" / "overrides.yaml")
-    cfg = compose_config([o for o in overrides if not o.startswith("trainer=")], tmp_path / "single")
-    module = Classifier(
-        net=instantiate(cfg.model),
-        optimizer=instantiate(cfg.optimizer),
-        num_classes=cfg.data.num_classes,
-        channels_last=cfg.channels_last,
-    )
-    trainer = pl.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False)
-    (single,) = trainer.test(module, datamodule=instantiate(cfg.data), ckpt_path=metrics["best_checkpoint"])
+    single = tested_in_one_process(run, metrics["best_checkpoint"], tmp_path / "single")
     assert single["test/acc"] == metrics["test/acc"]

@@ -24,6 +24,7 @@ def run_cli(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "mnist_lab", *args], capture_output=True, text=True, timeout=timeout)
 
 
+@pytest.mark.slow
 def test_parallel_sweep_records_a_failing_job_and_reports_every_job(tmp_path):
     sweep = tmp_path / "sweep"
     result = run_cli("-m", *SMALL, "hydra/launcher=joblib", "data.batch_size=64,128,-4", f"hydra.sweep.dir={sweep}")
@@ -118,6 +119,7 @@ def test_the_terminal_module_imports_no_command():
     assert [m for m in modules if m.startswith("mnist_lab.tools")] == []
 
 
+@pytest.mark.slow
 def test_submitit_local_runs_each_job_in_its_own_process(tmp_path):
     sweep = tmp_path / "sweep"
     result = run_cli(
@@ -130,6 +132,7 @@ def test_submitit_local_runs_each_job_in_its_own_process(tmp_path):
     assert "| seed |" in report(sweep)
 
 
+@pytest.mark.slow
 def test_optuna_search_resumes_prunes_and_records_failures(tmp_path):
     """A 3-trial study stopped after one trial and started again ends with 3 trials.
 

@@ -81,6 +81,7 @@ def test_other_models_train_with_csv_logger(tiny_cfg, model):
     assert list(Path(cfg.paths.output_dir, "csv").glob("metrics.csv"))
 
 
+@pytest.mark.slow
 def test_epoch_times_survive_testing_an_earlier_checkpoint(tiny_cfg):
     """Testing the best checkpoint restores callback states; the epoch times must not shrink.
 
@@ -125,6 +126,7 @@ def test_epoch_timer_stops_its_clock_during_validation(monkeypatch):
     assert state == {"epoch_seconds": [13.0], "val_seconds": [7.0], "train_seconds": 0.0}  # no fit ran
 
 
+@pytest.mark.slow
 def test_progress_bar_off_with_the_default_callbacks(tmp_path):
     """trainer.enable_progress_bar=false alone works: the default callbacks' bar is dropped
     (Lightning refuses a progress-bar callback it was told not to show)."""
