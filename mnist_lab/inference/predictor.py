@@ -22,7 +22,7 @@ import torch
 from mnist_lab.data.pixels import normalize
 from mnist_lab.errors import ConfigError, UserError
 
-# Metadata keys that `mnist_lab.export` stores in exported files (how inputs are normalised).
+# Metadata keys that `mnist-lab export` (mnist_lab/tools/export.py) stores in exported files (how inputs are normalised).
 META_MEAN, META_STD = "mnist_lab.mean", "mnist_lab.std"
 
 
