@@ -9,6 +9,7 @@ run when the study's pruner judges it clearly worse than the others at that epoc
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -22,14 +23,22 @@ def open_storage(storage: str | None) -> optuna.storages.BaseStorage:
     """An Optuna storage from its config string: a database URL, a journal file, or null (memory).
 
     Args:
-        storage: `sqlite:///path/study.db` (any SQLAlchemy URL), a `*.log` journal file path
-            (safe for many processes on a shared file system), or null for an in-memory study.
+        storage: `sqlite:///path/study.db`, `postgresql+psycopg://user@host/database` (any
+            SQLAlchemy URL), a `*.log` journal file path (safe for many processes on a shared
+            file system), or null for an in-memory study.
     """
     if storage is None:
         return optuna.storages.InMemoryStorage()
     if "://" in storage:
         # 60 s: parallel jobs report to one SQLite file; they wait for its lock, not fail.
-        return optuna.storages.RDBStorage(storage, engine_kwargs={"connect_args": {"timeout": 60}})
+        engine_kwargs = {"connect_args": {"timeout": 60}} if storage.startswith("sqlite") else {}
+        try:
+            return rdb_storage(storage, engine_kwargs)
+        except ImportError as e:  # optuna's message names no package
+            raise ConfigError(
+                f"hydra.sweeper.storage={storage!r} needs a database driver that is not installed ({e.__cause__}). "
+                'For PostgreSQL install the project\'s extra: pip install -e ".[postgres]" (psycopg).'
+            ) from e
     if storage.endswith(".log"):
         from optuna.storages.journal import JournalFileBackend, JournalStorage
 
@@ -39,6 +48,23 @@ def open_storage(storage: str | None) -> optuna.storages.BaseStorage:
         f"hydra.sweeper.storage={storage!r} is neither a database URL (sqlite:///path/study.db) nor a "
         "journal file (path ending in .log). Use one of those, or null for a study kept in memory."
     )
+
+
+def rdb_storage(url: str, engine_kwargs: dict[str, Any]) -> optuna.storages.RDBStorage:
+    """RDBStorage(url), tried again while another process creates the same database's tables.
+
+    Searches started together on an empty PostgreSQL database both create Optuna's tables and
+    types; the slower one fails (IntegrityError: duplicate key ... pg_type_typname_nsp_index)
+    and, tried again, finds them made.
+    """
+    import sqlalchemy.exc
+
+    for wait in (0.5, 1.0, 1.5, 2.0):
+        try:
+            return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
+        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError):
+            time.sleep(wait)
+    return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
 
 
 def trial_id(storage: optuna.storages.BaseStorage, study_name: str, number: int) -> int:
