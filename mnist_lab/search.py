@@ -37,7 +37,8 @@ def open_storage(storage: str | None) -> optuna.storages.BaseStorage:
         except ImportError as e:  # optuna's message names no package
             raise ConfigError(
                 f"hydra.sweeper.storage={storage!r} needs a database driver that is not installed ({e.__cause__}). "
-                'For PostgreSQL install the project\'s extra: pip install -e ".[postgres]" (psycopg).'
+                "For PostgreSQL use postgresql+psycopg://user@host/database and install its driver with the "
+                'project\'s extra: pip install -e ".[postgres]"; for another database install the driver its URL names.'
             ) from e
     if storage.endswith(".log"):
         from optuna.storages.journal import JournalFileBackend, JournalStorage

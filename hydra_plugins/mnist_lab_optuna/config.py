@@ -18,11 +18,12 @@ class OptunaSweeperConf:
     _recursive_: bool = False
     # The study: same name and storage again resumes it (finished trials count towards n_trials).
     study_name: str = "mnist_lab"
-    # sqlite:///path/study.db, a journal file path ending in .log, or null (in memory: no
-    # resuming, no pruning).
+    # sqlite:///path/study.db, postgresql+psycopg://user@host/database (pip install -e ".[postgres]"),
+    # a journal file path ending in .log, or null (in memory: no resuming, no pruning).
     storage: str | None = None
     direction: str = "maximize"
-    # Trials the study should hold when the search ends (complete, pruned and failed ones).
+    # Trials the study should hold when the search ends (complete, pruned and failed ones),
+    # counted over every search that shares the study.
     n_trials: int = 20
     # Trials launched together: jobs the launcher may run in parallel (hydra/launcher=joblib).
     n_jobs: int = 1
@@ -35,6 +36,12 @@ class OptunaSweeperConf:
     # The search space: config key -> choice(...), interval(...), tag(log, interval(...)),
     # tag(int, interval(...)) or range(...). Command-line sweeps add to it and win.
     params: dict[str, str] = field(default_factory=dict)
+    # Seconds between the heartbeats a search records for its running trials, and seconds
+    # without one after which another search (or this one, resumed) takes such a trial for
+    # interrupted: marked failed, its parameters queued again. grace_period > the longest pause
+    # of a busy search (its job holds Python's lock) plus the clock difference between machines.
+    heartbeat_interval: float = 10.0
+    grace_period: float = 60.0
 
 
 ConfigStore.instance().store(

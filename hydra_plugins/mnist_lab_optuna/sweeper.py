@@ -6,8 +6,11 @@ per trial (its run directory is named by the trial number, so a resumed search n
 one), tell the study each job's `optimized_metric`, its pruning or its failure.
 
 - Persistent: `storage` + `study_name` name the study; running the same command again loads
-  it, marks trials that were running when the search was killed as failed (their parameters
-  are queued again) and runs only the trials still missing from `n_trials`.
+  it and runs only the trials still missing from `n_trials`.
+- Many searches, one study: commands sharing a storage (PostgreSQL, a journal file) run
+  `n_trials` together. Each records a heartbeat for its running trials; a trial whose
+  heartbeat stops for `grace_period` seconds (its search was killed) is marked failed and its
+  parameters queued again, for whichever search looks next.
 - Pruning: each job gets an `OptunaPruning` callback (mnist_lab/search.py) that reports the
   monitored metric per epoch to its trial and stops the run when the pruner says so.
 - Failures: a job that raises is a FAIL trial with its message; the search goes on.
@@ -17,6 +20,10 @@ from __future__ import annotations
 
 import logging
 import math
+import os
+import socket
+import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -44,12 +51,16 @@ class OptunaSweeper(Sweeper):
         pruner: Any | None,
         monitor: str,
         params: DictConfig | None,
+        heartbeat_interval: float,
+        grace_period: float,
     ) -> None:
         self.study_name, self.storage, self.direction = study_name, storage, direction
         self.n_trials, self.n_jobs, self.monitor = n_trials, n_jobs, monitor
+        self.heartbeat_interval, self.grace_period = heartbeat_interval, grace_period
         self.sampler_cfg, self.pruner_cfg = sampler, pruner
         self.params = {str(k): str(v) for k, v in (params or {}).items()}
         self.config: DictConfig | None = None
+        self.sampler: Any | None = None  # seeded at the first trial (see ask)
         self.launcher = None
         self.hydra_context: HydraContext | None = None
 
@@ -64,6 +75,7 @@ class OptunaSweeper(Sweeper):
     def sweep(self, arguments: list[str]) -> Any:
         import optuna
         from hydra.utils import instantiate
+        from optuna.trial import TrialState
 
         from mnist_lab.search import open_storage
         from mnist_lab.sweepdir import parse_overrides
@@ -93,24 +105,47 @@ class OptunaSweeper(Sweeper):
             direction=self.direction,
             load_if_exists=True,
         )
-        study.sampler = self.make_sampler(len(study.trials))
-        requeue_interrupted(study, storage)
-        remaining = self.n_trials - len(counted_trials(study))
-        log.info(f"Study {self.study_name}: {len(counted_trials(study))} trials done, {max(remaining, 0)} to run")
-        while remaining > 0:
-            trials = [study.ask(space) for _ in range(min(self.n_jobs, remaining))]
-            remaining -= len(trials)
-            trials = [t for t in trials if self.composes(study, t, fixed)]
-            for batch in consecutive(trials):  # job number = trial number: unique run dirs
-                jobs = [self.job_overrides(t, fixed) for t in batch]
-                returns = self.launcher.launch(jobs, initial_job_idx=batch[0].number)
-                for trial, ret in zip(batch, returns):
-                    self.tell(study, trial, ret)
+        with Heartbeat(storage, self.study_name, self.heartbeat_interval) as heartbeat:
+            while True:
+                requeue_interrupted(study, storage, self.grace_period)
+                running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+                done = len(counted_trials(study))
+                free = self.n_trials - done - len(running)
+                if free <= 0:
+                    if not running:
+                        log.info(f"Study {self.study_name}: {done} trials done")
+                        break
+                    # Other searches' trials: wait until they end, or until their heartbeat stops
+                    # and one of them is queued again for this search to run.
+                    time.sleep(self.heartbeat_interval)
+                    continue
+                log.info(f"Study {self.study_name}: {done} trials done, {len(running)} running, {free} to run")
+                trials = [self.ask(study, space, heartbeat) for _ in range(min(self.n_jobs, free))]
+                trials = [t for t in trials if self.admitted(study, t) and self.composes(study, t, fixed)]
+                for batch in consecutive(trials):  # job number = trial number: unique run dirs
+                    jobs = [self.job_overrides(t, fixed) for t in batch]
+                    returns = self.launcher.launch(jobs, initial_job_idx=batch[0].number)
+                    for trial, ret in zip(batch, returns):
+                        self.tell(study, trial, ret)
+                heartbeat.clear()
         self.write_results(study, sweep_dir)
         return study
 
-    def make_sampler(self, trials_so_far: int) -> Any:
-        """The configured sampler; a resumed study seeds it with seed + trials so far.
+    def ask(self, study: Any, space: dict[str, Any], heartbeat: Heartbeat) -> Any:
+        """A new trial, or one queued again, with its parameters drawn from `space`."""
+        trial = study.ask()
+        heartbeat.add(trial.number)
+        trial.set_user_attr("search", f"{socket.gethostname()}:{os.getpid()}")
+        if self.sampler is None:
+            # The search's first trial number seeds its sampler: unique among the searches that
+            # share the study, so searches started together draw different parameters.
+            study.sampler = self.sampler = self.make_sampler(trial.number)
+        for name, dist in space.items():
+            suggest(trial, name, dist)
+        return trial
+
+    def make_sampler(self, first_trial: int) -> Any:
+        """The configured sampler, seeded with seed + the number of the search's first trial.
 
         A sampler seeded as in the first session would draw that session's parameters again.
         """
@@ -121,8 +156,28 @@ class OptunaSweeper(Sweeper):
             return optuna.samplers.TPESampler()
         cfg = OmegaConf.to_container(self.sampler_cfg, resolve=True)
         if cfg.get("seed") is not None:
-            cfg["seed"] += trials_so_far
+            cfg["seed"] += first_trial
         return instantiate(cfg)
+
+    def admitted(self, study: Any, trial: Any) -> bool:
+        """Whether the trial fits in n_trials; if not, a `surplus` failed trial that does not count.
+
+        Searches that ask at the same moment can hold one trial too many between them: trial
+        numbers are given out in order, so the higher numbers give way. A surplus trial's
+        parameters are queued again (they may have come from the queue): the next trial asked runs them.
+        """
+        from optuna.trial import TrialState
+
+        running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+        ahead = len(counted_trials(study)) + len([t for t in running if t.number < trial.number])
+        if ahead < self.n_trials:
+            return True
+        retry = {k: v for k, v in trial.user_attrs.items() if k == "retry_of"}
+        trial.set_user_attr("surplus", True)
+        study.tell(trial, state=TrialState.FAIL)
+        study.enqueue_trial(trial.params, user_attrs=retry)
+        log.info(f"Trial {trial.number} is beyond n_trials={self.n_trials} (another search took the last one)")
+        return False
 
     def composes(self, study: Any, trial: Any, fixed: dict[str, str]) -> bool:
         """Whether the trial's config composes (Hydra's check before launching); if not, a failed trial."""
@@ -157,6 +212,9 @@ class OptunaSweeper(Sweeper):
 
         if ret.status != JobStatus.COMPLETED:
             error = job_error(ret)
+            if study.get_trials(deepcopy=False)[trial.number].state != TrialState.RUNNING:
+                log.warning(f"Trial {trial.number} failed after another search took it for interrupted: {error}")
+                return
             trial.set_user_attr("error", str(error)[:2000])
             study.tell(trial, state=TrialState.FAIL)
             log.warning(f"Trial {trial.number} failed: {error}")
@@ -164,7 +222,10 @@ class OptunaSweeper(Sweeper):
         # The job's OptunaPruning callback wrote to the storage; `trial` (from ask()) holds only
         # the attributes it was created with, the study's trials are read again.
         running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-        attrs = next(t.user_attrs for t in running if t.number == trial.number)
+        attrs = next((t.user_attrs for t in running if t.number == trial.number), None)
+        if attrs is None:  # failed by another search that missed this one's heartbeat: queued again there
+            log.warning(f"Trial {trial.number} was taken for interrupted by another search; its result is dropped")
+            return
         value = ret.return_value
         if "pruned_epoch" in attrs:
             study.tell(trial, state=TrialState.PRUNED)
@@ -185,7 +246,10 @@ class OptunaSweeper(Sweeper):
             best = study.best_trial
             results.update(best_trial=best.number, best_value=best.value, best_params=best.params)
             log.info(f"Best trial {best.number}: {best.value:.4f} with {best.params}")
-        OmegaConf.save(OmegaConf.create(results), sweep_dir / "optimization_results.yaml")
+        # Written whole, then renamed: searches sharing the study end at about the same time.
+        partial = sweep_dir / f".optimization_results.{os.getpid()}.yaml"
+        OmegaConf.save(OmegaConf.create(results), partial)
+        os.replace(partial, sweep_dir / "optimization_results.yaml")
 
 
 def job_error(ret: JobReturn) -> Exception:
@@ -217,30 +281,109 @@ def distribution(override: Override) -> Any:
     raise ValueError(f"{key}: unsupported sweep {override.input_line!r}; use choice, range or interval")
 
 
+def suggest(trial: Any, name: str, dist: Any) -> Any:
+    """Draw one parameter with the trial's public suggest_* method for its distribution."""
+    from optuna.distributions import CategoricalDistribution, IntDistribution
+
+    if isinstance(dist, CategoricalDistribution):
+        return trial.suggest_categorical(name, dist.choices)
+    if isinstance(dist, IntDistribution):
+        return trial.suggest_int(name, dist.low, dist.high, step=dist.step, log=dist.log)
+    return trial.suggest_float(name, dist.low, dist.high, step=dist.step, log=dist.log)
+
+
 def counted_trials(study: Any) -> list:
-    """Finished trials that count towards n_trials (trials killed with the search do not)."""
+    """Finished trials that count towards n_trials (interrupted and surplus trials do not)."""
     from optuna.trial import TrialState
 
     done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL))
-    return [t for t in done if not t.user_attrs.get("interrupted")]
+    return [t for t in done if not (t.user_attrs.get("interrupted") or t.user_attrs.get("surplus"))]
 
 
-def requeue_interrupted(study: Any, storage: Any) -> None:
-    """Trials left running by a killed search: mark them failed and queue their parameters again.
+# A trial's system attribute: time.time() of its search's last heartbeat.
+HEARTBEAT = "mnist_lab:heartbeat"
+
+
+# Not Optuna's own heartbeat (RDBStorage(heartbeat_interval=...), fail_stale_trials): the
+# journal storage has none, and it is experimental in optuna 5.1. This one serves every storage
+# through BaseStorage's public set_trial_system_attr, at the price of comparing the clocks of
+# the machines that run searches: grace_period must exceed their difference.
+class Heartbeat:
+    """A thread that marks this search's running trials alive every `interval` seconds."""
+
+    def __init__(self, storage: Any, study_name: str, interval: float) -> None:
+        self.storage, self.study_name, self.interval = storage, study_name, interval
+        self.trial_ids: set[int] = set()
+        self.lock = threading.Lock()
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self.run, name="optuna-heartbeat", daemon=True)
+
+    def __enter__(self) -> Heartbeat:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stopped.set()
+        self.thread.join()
+
+    def add(self, number: int) -> None:
+        from mnist_lab.search import trial_id
+
+        identifier = trial_id(self.storage, self.study_name, number)
+        with self.lock:
+            self.trial_ids.add(identifier)
+        self.record(identifier)
+
+    def clear(self) -> None:
+        with self.lock:
+            self.trial_ids.clear()
+
+    def record(self, identifier: int) -> None:
+        from optuna.exceptions import UpdateFinishedTrialError
+
+        try:
+            self.storage.set_trial_system_attr(identifier, HEARTBEAT, time.time())
+        except UpdateFinishedTrialError:  # told between the copy of trial_ids and now
+            pass
+
+    def run(self) -> None:
+        while not self.stopped.wait(self.interval):
+            with self.lock:
+                identifiers = list(self.trial_ids)
+            for identifier in identifiers:
+                try:
+                    self.record(identifier)
+                except Exception as e:  # a storage hiccup: the next beat tries again
+                    log.warning(f"Heartbeat of trial id {identifier} not recorded: {e}")
+
+
+def requeue_interrupted(study: Any, storage: Any, grace_period: float = 0.0) -> None:
+    """Trials whose search was killed: mark them failed and queue their parameters again.
 
     Args:
         study: the study, loaded from `storage`.
         storage: its storage (see mnist_lab.search.open_storage).
+        grace_period: seconds since a running trial's last heartbeat (or its start, before the
+            first) after which it counts as interrupted; 0 takes every running trial for interrupted.
     """
+    from optuna.exceptions import UpdateFinishedTrialError
     from optuna.trial import TrialState
 
     from mnist_lab.search import trial_id
 
+    now = time.time()
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        # A FrozenTrial's attributes are a copy: the storage's setter records this one.
-        storage.set_trial_user_attr(trial_id(storage, study.study_name, trial.number), "interrupted", True)
-        study.tell(trial.number, state=TrialState.FAIL)
-        study.enqueue_trial(trial.params)
+        last = trial.system_attrs.get(HEARTBEAT, trial.datetime_start.timestamp())
+        if now - last <= grace_period:
+            continue
+        identifier = trial_id(storage, study.study_name, trial.number)
+        try:
+            # A FrozenTrial's attributes are a copy: the storage's setter records this one.
+            storage.set_trial_user_attr(identifier, "interrupted", True)
+            storage.set_trial_state_values(identifier, TrialState.FAIL)
+        except UpdateFinishedTrialError:  # another search failed it first, and queued it
+            continue
+        study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number})
         log.warning(f"Trial {trial.number} was interrupted: marked failed, its parameters queued again")
 
 
