@@ -122,12 +122,12 @@ def test_ddp_cpu_sweep_survives_a_failing_job_and_tests_to_the_single_process_ac
     assert metrics["global_steps"] == 8  # 1,024 images / 2 ranks / batch 64: each rank half an epoch
 
     # The same checkpoint tested in this one process gives exactly the same accuracy.
-    single = tested_in_one_process(run, metrics["best_checkpoint"], tmp_path / "single")
+    single = metrics_tested_in_one_process(run, metrics["best_checkpoint"], tmp_path / "single")
     assert single["test/acc"] == metrics["test/acc"]
     assert abs(single["test/loss"] - metrics["test/loss"]) < 1e-5  # summed in another order
 
 
-def tested_in_one_process(run, checkpoint: str, output_dir) -> dict:
+def metrics_tested_in_one_process(run, checkpoint: str, output_dir) -> dict:
     """The test metrics of `checkpoint`, from a DDP run's directory, tested here in one process."""
     overrides = OmegaConf.load(run / ".hydra" / "overrides.yaml")
     cfg = compose_config([o for o in overrides if not o.startswith("trainer=")], output_dir)

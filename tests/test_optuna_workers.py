@@ -137,14 +137,17 @@ def two_searches_run_n_trials_between_them(tmp_path: Path, storage: str) -> None
     assert "best_trial:" in (sweep / "optimization_results.yaml").read_text()
 
 
+@pytest.mark.slow
 def test_two_searches_share_a_postgres_study(tmp_path, postgres):
     two_searches_run_n_trials_between_them(tmp_path, postgres.create_database("shared"))
 
 
+@pytest.mark.slow
 def test_two_searches_share_a_journal_file(tmp_path):
     two_searches_run_n_trials_between_them(tmp_path, str(tmp_path / "study.log"))
 
 
+@pytest.mark.slow
 def test_a_killed_search_leaves_its_trial_failed_and_requeued(tmp_path, postgres):
     """Kill one of two searches mid-trial: the other marks its trial failed and runs it again;
     a resumed search with a larger n_trials runs only the trials still missing."""

@@ -19,7 +19,7 @@ import torch
 from mnist_lab import ROOT_DIR
 from tests.conftest import TINY
 from tests.slurm_cluster import PARTITION, Cluster, missing
-from tests.test_ddp import tested_in_one_process
+from tests.test_ddp import metrics_tested_in_one_process
 
 pytestmark = [pytest.mark.skipif(missing() is not None, reason=missing() or ""), pytest.mark.slow]
 
@@ -189,5 +189,5 @@ def test_ddp_as_slurm_runs_it_one_rank_per_task_tests_to_the_single_process_accu
     assert main_log.count("Job completed successfully") == rank1_log.count("Job completed successfully") == 1
 
     # The same checkpoint tested in this one process gives exactly the same accuracy.
-    single = tested_in_one_process(run, metrics["best_checkpoint"], tmp_path / "single")
+    single = metrics_tested_in_one_process(run, metrics["best_checkpoint"], tmp_path / "single")
     assert single["test/acc"] == metrics["test/acc"]
