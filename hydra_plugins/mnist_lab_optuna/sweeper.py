@@ -240,16 +240,16 @@ class OptunaSweeper(Sweeper):
     def write_results(self, study: Any, sweep_dir: Path) -> None:
         from optuna.trial import TrialState
 
+        from mnist_lab.files import write_atomic
+
         states = {s.name.lower(): len(study.get_trials(deepcopy=False, states=(s,))) for s in TrialState}
         results: dict[str, Any] = {"study_name": self.study_name, "storage": self.storage, "trials": states}
         if states["complete"]:
             best = study.best_trial
             results.update(best_trial=best.number, best_value=best.value, best_params=best.params)
             log.info(f"Best trial {best.number}: {best.value:.4f} with {best.params}")
-        # Written whole, then renamed: searches sharing the study end at about the same time.
-        partial = sweep_dir / f".optimization_results.{os.getpid()}.yaml"
-        OmegaConf.save(OmegaConf.create(results), partial)
-        os.replace(partial, sweep_dir / "optimization_results.yaml")
+        # Atomic: searches sharing the study end at about the same time.
+        write_atomic(sweep_dir / "optimization_results.yaml", OmegaConf.to_yaml(OmegaConf.create(results)))
 
 
 def job_error(ret: JobReturn) -> Exception:
