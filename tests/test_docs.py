@@ -5,10 +5,11 @@ command line would compose it (a sweep with the first value of each swept key, a
 own config or argument parser), every `mnist_lab` name mentioned is imported, every repository
 path in a code span and every relative link exists, and the worked examples of
 docs/configuration.md (blocks with a `title="path"`) are written into a copy of conf/ and
-trained for a few steps. The README's quickstart runs for real on tiny settings (slow).
+trained for a few steps. The README's quickstart and the first block of docs/using-a-model.md
+run for real, in order, on a few steps (slow).
 
 Placeholders: `<...>` in a command stands for a value the reader supplies; composing uses the
-stand-in `placeholder`, running uses a run or a folder the test makes.
+stand-in `placeholder`, running uses a folder of images or what an earlier command wrote there.
 """
 
 from __future__ import annotations
@@ -263,39 +264,65 @@ def test_worked_example_trains(example_conf, tmp_path, command):
     assert 0.0 <= metrics["test/acc"] <= 1.0
 
 
-def quickstart() -> list[str]:
-    (block,) = [b for b in blocks() if b.path.name == "README.md" and "## Quickstart" in _before(b)]
-    return [c for where, c in commands() if where == str(block)]
+def block_commands(page: str, heading: str) -> list[str]:
+    """The commands of the first bash block under `heading` (a `#` line) of a page."""
+    path = ROOT / page
+    first = next(b for b in blocks() if b.path == path and b.lang == "bash" and heading_of(b) == heading)
+    return [command for where, command in commands() if where == str(first)]
 
 
-def _before(block: Block) -> str:
+def heading_of(block: Block) -> str:
     lines = block.path.read_text().splitlines()[: block.line]
-    return next(line for line in reversed(lines) if line.startswith("## "))
+    return next(line for line in reversed(lines) if line.startswith("#"))
+
+
+def run_as_typed(commands: list[str], cwd: Path) -> list[str | None]:
+    """Run documented commands in order in cwd on a few steps; the tools each ran (None: training).
+
+    `<image files or a folder>` and `my_digits/` are a folder of two PNGs; any other `<...>` is
+    what the commands before wrote there (the placeholder read as a glob, one match). Everything
+    is written under cwd (`paths.log_dir`); serve, a server that runs until stopped, is skipped
+    (tests/test_serve.py runs it).
+    """
+    from PIL import Image
+
+    images = cwd / "my_digits"
+    images.mkdir(exist_ok=True)
+    Image.new("L", (28, 28)).save(images / "blank.png")  # blank: predict reports it and exits 2
+    Image.frombytes("L", (8, 8), bytes([0, 0, 255, 255, 255, 255, 0, 0] * 8)).save(images / "one.png")
+    ran = []
+    for command in commands:
+        command = command.replace("<image files or a folder>", "my_digits")
+        tool, args = arguments(command)
+        if tool == "serve":
+            continue
+        typed = shlex.split(command, comments=True)  # placeholders as written: `<date>/<time>`
+        for n, word in enumerate(typed[len(typed) - len(args) :]):
+            if PLACEHOLDER.search(word):
+                key, _, value = word.rpartition("=")
+                (match,) = cwd.glob(PLACEHOLDER.sub("*", value))
+                args[n] = f"{key}={match}" if key else str(match)
+        extra = [] if tool in ("report", "finetune_table") else [f"paths.log_dir={cwd}"]
+        extra += RUN_FAST if tool is None else []
+        argv = [sys.executable, "-m", "mnist_lab", *([tool] if tool else []), *args, *extra]
+        done = subprocess.run(argv, cwd=cwd, capture_output=True, text=True, timeout=300)
+        assert done.returncode in ((0, 2) if tool == "predict" else (0,)), f"{command}\n{done.stderr[-3000:]}"
+        ran.append(tool)
+    return ran
 
 
 @pytest.mark.slow
 def test_readme_quickstart_runs(tmp_path):
-    """Each quickstart command, in order, as the reader types it, on a few steps (serve only composed)."""
-    images = tmp_path / "digits"
-    images.mkdir()
-    from PIL import Image
-
-    Image.new("L", (28, 28)).save(images / "blank.png")  # blank: predict reports it and exits 2
-    Image.frombytes("L", (8, 8), bytes([0, 0, 255, 255, 255, 255, 0, 0] * 8)).save(images / "one.png")
-    ran = []
-    for command in quickstart():
-        tool, args = arguments(command.replace("<image files or a folder>", str(images)))
-        if tool == "serve":
-            continue  # a server that runs until stopped: tests/test_serve.py runs it
-        extra = RUN_FAST if tool is None else []
-        if tool is None and not any(a.startswith(("hydra.run.dir=", "hydra.sweep.dir=")) for a in args):
-            extra = [*extra, "hydra.run.dir=runs/finetune"]
-        argv = [sys.executable, "-m", "mnist_lab", *([tool] if tool else []), *args, *extra]
-        done = subprocess.run(argv, cwd=tmp_path, capture_output=True, text=True, timeout=300)
-        assert done.returncode in ((0, 2) if tool == "predict" else (0,)), f"{command}\n{done.stderr[-3000:]}"
-        ran.append(tool)
-    assert ran.count(None) == 3 and "report" in ran and "predict" in ran
+    ran = run_as_typed(block_commands("README.md", "## Quickstart"), tmp_path)
+    assert ran == [None, None, None, "report", "predict"]
     assert (tmp_path / "multirun" / "quickstart" / "report.md").is_file()
+
+
+@pytest.mark.slow
+def test_using_a_model_runs(tmp_path):
+    ran = run_as_typed(block_commands("docs/using-a-model.md", "# Using a model"), tmp_path)
+    assert ran == [None, "evaluate", "predict", "export", "predict"]
+    assert len(list(tmp_path.glob("runs/predict/*/*/predictions.json"))) == 1
 
 
 def test_site_builds_strict(tmp_path):
