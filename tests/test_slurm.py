@@ -115,10 +115,21 @@ def wait_for(condition, timeout: float, what: str) -> None:
         time.sleep(0.2)
 
 
-def test_a_requeued_job_resumes_from_its_own_last_checkpoint_and_ends_as_an_uninterrupted_one(cluster, tmp_path):
-    # Two jobs of the same config; job 0 is requeued (as a preemption is) after its first
-    # epoch's checkpoint, job 1 runs through. SIGTERM saves job 0's last.ckpt, SLURM restarts
-    # it, and it resumes in its own directory to the same metrics and weights as job 1.
+# How job 0 is stopped, and what its SLURM log then says. "requeue": as a preemption, SLURM's
+# SIGTERM (the run saves last.ckpt at that step). "time limit": the signal SLURM sends
+# signal_delay_s before a job's limit, on which submitit requeues the job (it resumes from the
+# last.ckpt of its latest validation).
+STOPS = {
+    "requeue": (("scontrol", "requeue"), "SIGTERM received: training stopped at step"),
+    "time limit": (("scancel", "--signal=USR2"), "Caught signal SIGUSR2"),
+}
+
+
+@pytest.mark.parametrize("stop", STOPS)
+def test_a_stopped_job_resumes_from_its_own_last_checkpoint_and_ends_as_an_uninterrupted_one(cluster, tmp_path, stop):
+    # Two jobs of the same config; job 0 is stopped during its second epoch, job 1 runs
+    # through. SLURM restarts job 0, which resumes in its own directory to the same metrics
+    # and weights as job 1.
     sweep = tmp_path / "sweep"
     longer = [o for o in SMALL if not o.startswith(("data.train_size", "trainer.max_epochs"))]
     command = [sys.executable, "-m", "mnist_lab", "-m", *slurm_sweep(str(ROOT_DIR)), *CPU_PARTITION, *longer]
@@ -134,7 +145,8 @@ def test_a_requeued_job_resumes_from_its_own_last_checkpoint_and_ends_as_an_unin
     try:
         wait_for(lambda: (sweep / "0" / "checkpoints" / "last.ckpt").is_file(), 240, "job 0's first last.ckpt")
         (job,) = [j for j in cluster.squeue("-o", "%i").split() if j.endswith("_0")]
-        assert cluster.scontrol("requeue", job).returncode == 0
+        command, logged = STOPS[stop]
+        assert subprocess.run([*command, job], env=cluster.env).returncode == 0
         # SLURM holds a requeued batch job for a while before it may start again; release it now.
         wait_for(lambda: "PD" in cluster.squeue("-j", job, "-o", "%t"), 60, "the requeued job to be pending")
         cluster.scontrol("update", f"JobId={job}", "StartTime=now")
@@ -151,7 +163,7 @@ def test_a_requeued_job_resumes_from_its_own_last_checkpoint_and_ends_as_an_unin
     # The SLURM job's own log (stderr) shows the stop and the resumption; the run's log shows
     # Lightning restoring the checkpoint.
     (slurm_log,) = (sweep / ".submitit").glob("*_0/*_0_log.err")
-    assert "SIGTERM received: training stopped at step" in slurm_log.read_text()
+    assert logged in slurm_log.read_text()
     assert f"SLURM restarted this job (restart 1): resuming {sweep / '0'} from its last.ckpt" in slurm_log.read_text()
     assert (
         f"Restoring states from the checkpoint path at {sweep / '0' / 'checkpoints' / 'last.ckpt'}"
