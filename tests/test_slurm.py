@@ -118,7 +118,8 @@ def wait_for(condition, timeout: float, what: str) -> None:
 # How job 0 is stopped, and what its SLURM log then says. "requeue": as a preemption, SLURM's
 # SIGTERM (the run saves last.ckpt at that step). "time limit": the signal SLURM sends
 # signal_delay_s before a job's limit, on which submitit requeues the job (it resumes from the
-# last.ckpt of its latest validation).
+# last.ckpt of its latest validation). Sent here long before the limit, submitit logs the job as
+# preempted rather than timed-out: the same requeue, not counted against max_num_timeout.
 STOPS = {
     "requeue": (("scontrol", "requeue"), "SIGTERM received: training stopped at step"),
     "time limit": (("scancel", "--signal=USR2"), "Caught signal SIGUSR2"),
