@@ -339,7 +339,7 @@ def test_unknown_group_fails_with_the_models_groups(tiny_cfg):
 
 @pytest.mark.slow
 def test_pretrain_export_then_finetune_on_uci_digits(tmp_path, monkeypatch):
-    """The README's two commands at toy size: pretrain (twice), then freeze_conv from a pretraining's run directory."""
+    """docs/fine-tuning.md's two commands at toy size: pretrain (twice), then freeze_conv from a pretraining's run directory."""
     cwd = tmp_path / "cwd"
     cwd.mkdir()
     monkeypatch.chdir(cwd)  # every file goes under the run directories: nothing here

@@ -14,7 +14,7 @@ import mnist_lab
 
 PACKAGE = Path(mnist_lab.__file__).parent
 
-# Bottom up: a module may import its own layer and those below (README.md, "How it is built").
+# Bottom up: a module may import its own layer and those below (docs/architecture.md).
 LAYERS = ("base", "learning", "run", "recipe", "commands")
 LAYER = {
     # base: errors, atomic files, the global RNGs, weight files, the one normalisation

@@ -297,7 +297,7 @@ def test_a_digit_drawn_in_a_real_browser_is_read(url, confident, tmp_path):
         draw(driver, "41")
         text, widths = read_on_page(driver)
         assert len(text) == 2 and text.isdigit() and widths == [28, 28], (text, widths)
-        if os.environ.get("SERVE_SCREENSHOT"):  # docs/serve.png: see README, "Using a trained model"
+        if os.environ.get("SERVE_SCREENSHOT"):  # docs/serve.png: see docs/using-a-model.md
             driver.save_screenshot(os.environ["SERVE_SCREENSHOT"])
     finally:
         driver.quit()

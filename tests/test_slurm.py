@@ -1,6 +1,6 @@
 """Sweeps and DDP on a real SLURM cluster started on this machine (tests/slurm_cluster.py).
 
-Each test runs the README's `hydra/launcher=submitit_slurm` command line against the cluster,
+Each test runs the documented `hydra/launcher=submitit_slurm` command line (docs/sweeps.md) against the cluster,
 with the CPU partition's one override (`hydra.launcher.gpus_per_node=0`) or the launcher's
 default GPU request. The cluster starts once per test session; the tests skip, saying why,
 where SLURM is not installed (.ci/run installs it).
@@ -24,12 +24,12 @@ from tests.test_ddp import metrics_tested_in_one_process
 pytestmark = [pytest.mark.skipif(missing() is not None, reason=missing() or ""), pytest.mark.slow]
 
 SMALL = [o for o in TINY if not o.startswith("trainer.limit_test_batches")] + ["trainer.limit_test_batches=1"]
-# What a user on a CPU partition adds to the README's command: no GPU requested (and so one task per job).
+# What a user on a CPU partition adds to the documented command: no GPU requested (and so one task per job).
 CPU_PARTITION = ["hydra.launcher.gpus_per_node=0"]
 
 
 def slurm_sweep(root: str, partition: str = PARTITION) -> list[str]:
-    """The README's launcher arguments for this cluster: its partition, the venv activated in each job."""
+    """The documented launcher arguments for this cluster: its partition, the venv activated in each job."""
     return [
         "hydra/launcher=submitit_slurm",
         f"hydra.launcher.partition={partition}",
@@ -71,7 +71,7 @@ def test_a_sweep_on_a_cpu_partition_runs_every_job_and_prints_its_report(cluster
         assert metrics["epochs"] == 1 and 0.0 < metrics["test/acc"] <= 1.0
         assert (run / "__main__.log").is_file() and (run / "checkpoints" / "last.ckpt").is_file()
         assert f"model: {model}" in (run / ".hydra" / "overrides.yaml").read_text().replace("- model=", "model: ")
-    # Each SLURM job's own stdout/stderr, where the README says.
+    # Each SLURM job's own stdout/stderr, where docs/sweeps.md says.
     logs = list((sweep / ".submitit").glob("*/*_log.out"))
     assert len(logs) == 2, sorted(p.name for p in (sweep / ".submitit").rglob("*"))
     assert "| 0 | cnn | ok |" in result.stdout and "| 1 | mlp | ok |" in result.stdout  # the sweep report
