@@ -1,7 +1,7 @@
 """mnist_lab against the reference article's hand-written loop, side by side.
 
-    python benchmarks/compare_article.py                    # 3 alternating repetitions, 10 epochs
-    python benchmarks/compare_article.py --reps 1 --epochs 1 --limit-batches 50   # smoke run
+    python -m benchmarks.compare_article                    # 3 alternating repetitions, 10 epochs
+    python -m benchmarks.compare_article --reps 1 --epochs 1 --limit-batches 50 --results-dir /tmp/smoke
 
 Each repetition runs, in fresh subprocesses and alternating, (a) the article's loop:
 torchvision's MNIST dataset + PIL ToTensor/Normalize + DataLoader(batch 64, shuffle), its CNN
@@ -13,8 +13,9 @@ Prints per-epoch seconds (median of the training epochs: the training batches on
 sides; mnist_lab's validation is timed apart), images/s, peak resident memory, test
 accuracy (mean over the repetitions' seeds), and the ratio mnist_lab / article of the
 median epoch time. `--variant` adds mnist_lab runs with extra
-overrides (e.g. `--variant "trainer.precision=bf16-mixed"`). The roofline columns: each
-side's training GFLOP/s (its network's FLOPs per image, benchmarks/roofline.py) and that as a
+overrides (e.g. `--variant "trainer.precision=bf16-mixed"`). The run's record goes to
+benchmarks/results/ (benchmarks.common.write_record). The roofline columns: each
+side's training GFLOP/s (its network's FLOPs per image, benchmarks.common.train_flops_per_image) and that as a
 fraction (`of mm`) of a 2048x2048 matmul's rate in the same precision, timed in the parent
 process once per repetition (median).
 """
@@ -28,11 +29,20 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
-# benchmarks/ is the script's directory, so its modules import by name.
-from roofline import dtype_of, matmul_dtype, matmul_gflops, train_flops_per_image
-from workers import ROOT, emit, run_worker, write_record
+from benchmarks.common import (
+    RESULTS_DIR,
+    ROOT,
+    dtype_of,
+    emit,
+    matmul_dtype,
+    matmul_gflops,
+    run_worker,
+    train_flops_per_image,
+    write_record,
+)
 
 
 def run_article(epochs: int, limit_batches: int | None, seed: int) -> dict:
@@ -45,7 +55,7 @@ def run_article(epochs: int, limit_batches: int | None, seed: int) -> dict:
 
     torch.manual_seed(seed)
     # torchvision's MNIST reads uncompressed IDX files from <root>/MNIST/raw (in the TMPDIR that
-    # workers.run_worker removes after the run).
+    # common.run_worker removes after the run).
     root = Path(tempfile.mkdtemp(prefix="article_mnist_"))
     raw = root / "MNIST" / "raw"
     raw.mkdir(parents=True)
@@ -117,7 +127,7 @@ def device_overrides(overrides: list[str]) -> list[str]:
 
     The trainer's default accelerator is "auto": on a machine with a GPU, mnist_lab's side
     would train there while the loop it is compared with (the article's, the plain one) runs
-    on the CPU. `trainer=gpu` (speedrun.py's GPU presets, parity.py --device cuda) keeps the GPU.
+    on the CPU. `trainer=gpu` (the speed run's GPU presets, parity --device cuda) keeps the GPU.
     """
     chosen = any(o.lstrip("+").partition("=")[0] in ("trainer", "trainer.accelerator") for o in overrides)
     return [] if chosen else ["trainer.accelerator=cpu"]
@@ -132,8 +142,8 @@ def run_mnist_lab(epochs: int, limit_batches: int | None, seed: int, overrides: 
     from mnist_lab import CONF_DIR
     from mnist_lab.train import train
 
-    out = Path(tempfile.mkdtemp(prefix="bench_mnist_lab_")) / "run"  # removed by workers.run_worker
-    # experiment=seed_baseline unless the overrides name another (benchmarks/speedrun.py).
+    out = Path(tempfile.mkdtemp(prefix="bench_mnist_lab_")) / "run"  # removed by common.run_worker
+    # experiment=seed_baseline unless the overrides name another (benchmarks.speedrun).
     experiment = [o for o in overrides if o.startswith("experiment=")] or ["experiment=seed_baseline"]
     args = [
         *experiment,
@@ -179,7 +189,7 @@ def worker(args: argparse.Namespace) -> None:
 def spawn(
     kind: str,
     seed: int,
-    overrides: list[str] = (),
+    overrides: Sequence[str] = (),
     *,
     epochs: int,
     limit_batches: int | None = None,
@@ -189,7 +199,7 @@ def spawn(
     args = ["--worker", kind, "--epochs", epochs, "--seed", seed, "--overrides", json.dumps(list(overrides))]
     args += ["--limit-batches", limit_batches] if limit_batches else []
     args += ["--threads", threads] if threads else []
-    return run_worker(__file__, *args, name=f"{kind} run")
+    return run_worker("benchmarks.compare_article", *args, name=f"{kind} run")
 
 
 def summarise(name: str, runs: list[dict], matmul: dict[str, float]) -> dict:
@@ -202,6 +212,7 @@ def summarise(name: str, runs: list[dict], matmul: dict[str, float]) -> dict:
     return {
         "name": name,
         "median_epoch_s": med,
+        "rep_median_epoch_s": [statistics.median(r["epoch_seconds"]) for r in runs],
         "images_per_s": per_epoch_images / med,
         "gflops": gflops,
         "fraction_of_matmul": gflops / matmul[matmul_dtype(runs[0]["precision"])],
@@ -219,7 +230,8 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the first repetition (repetition r: seed + r)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     p.add_argument("--variant", action="append", default=[], help="extra mnist_lab run with these overrides")
-    p.add_argument("--json", type=Path, default=None, help="also write the summary here")
+    p.add_argument("--record", default="compare_article", help="the record's name (a run replaces its machine's)")
+    p.add_argument("--results-dir", type=Path, default=RESULTS_DIR, help="where the record goes")
     p.add_argument("--worker", choices=["article", "mnist_lab"], help=argparse.SUPPRESS)
     p.add_argument("--overrides", default="[]", help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -248,7 +260,7 @@ def main() -> None:
     matmul = {dtype: statistics.median(rates) for dtype, rates in mm.items()}
     summary = [summarise(name, runs, matmul) for name, runs in results.items()]
     base, base_rate = summary[0]["median_epoch_s"], summary[0]["images_per_s"]
-    # ratio: of the median epoch times (the headline figure of benchmarks/README.md); per
+    # ratio: of the median epoch times (the headline figure of docs/performance.md); per
     # image: of the seconds per training image, since mnist_lab's epoch is 55k images (5k
     # held out for validation) where the article's loop trains on all 60k.
     from mnist_lab.records import machine_record
@@ -270,7 +282,10 @@ def main() -> None:
             f"{s['fraction_of_matmul']:6.2f} {s['peak_rss_mib']:9.0f} "
             f"{s['ratio_vs_article']:6.3f} {s['per_image_ratio_vs_article']:7.3f}  {accs}"
         )
-    write_record(args.json, args, machine, matmul_gflops=matmul, summary=summary, runs=results)
+    figures = {"matmul_gflops": matmul, "summary": summary}
+    write_record(
+        args.record, "benchmarks.compare_article", args.results_dir, machine, figures, args=vars(args), runs=results
+    )
 
 
 if __name__ == "__main__":

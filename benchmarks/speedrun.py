@@ -1,13 +1,13 @@
 """The speed-run record against the reference article's loop, side by side in one command.
 
-    python benchmarks/speedrun.py                           # 10 seeds of experiment=speedrun, 3 article epochs
-    python benchmarks/speedrun.py --preset speedrun_bf16    # another preset (several --preset: each in turn)
-    python benchmarks/speedrun.py --preset "speedrun_bf16 trainer.precision=32-true"   # a preset with overrides
-    python benchmarks/speedrun.py --seeds 1 --article-reps 1 --limit-batches 5   # smoke run
+    python -m benchmarks.speedrun                           # 10 seeds of experiment=speedrun, 3 article epochs
+    python -m benchmarks.speedrun --preset speedrun_bf16    # another preset (several --preset: each in turn)
+    python -m benchmarks.speedrun --preset "speedrun_bf16 trainer.precision=32-true"   # a preset with overrides
+    python -m benchmarks.speedrun --seeds 1 --article-reps 1 --limit-batches 5 --results-dir /tmp/smoke
 
 The question it answers: how long does mnist_lab take to reach 99.0% MNIST test accuracy,
 as a fraction of one epoch of the article's hand-written loop on the same machine? It runs,
-in fresh subprocesses, one training epoch of the article's loop (benchmarks/compare_article.py's
+in fresh subprocesses, one training epoch of the article's loop (benchmarks.compare_article's
 `run_article`: torchvision MNIST + PIL transforms + DataLoader, its CNN, SGD) `--article-reps`
 times, spread evenly between the speed runs: `experiment=<preset> seed=s` for each of
 `--seeds` seeds, each a whole `train(cfg)` (its fit: setup, the training epoch, any
@@ -17,7 +17,8 @@ its epochs' training batches (the loop's test is not counted either).
 
 Prints each seed, then per preset: the median seconds, their ratio to the article's epoch,
 the mean ± std and the lowest test accuracy over the seeds, and whether the record's
-targets hold (mean >= 99.0%, lowest >= 98.9%, ratio <= 0.25); and the machine.
+targets hold (mean >= 99.0%, lowest >= 98.9%, ratio <= 0.25); and the machine. The run's
+record goes to benchmarks/results/.
 """
 
 from __future__ import annotations
@@ -26,9 +27,8 @@ import argparse
 import statistics
 from pathlib import Path
 
-# benchmarks/ is the script's directory, so its modules import by name.
-from compare_article import spawn
-from workers import write_record
+from benchmarks.common import RESULTS_DIR, write_record
+from benchmarks.compare_article import spawn
 
 TARGET_MEAN, TARGET_LOWEST, TARGET_RATIO = 0.990, 0.989, 0.25
 
@@ -56,7 +56,8 @@ def main() -> None:
     p.add_argument("--article-reps", type=int, default=3, help="one-epoch runs of the article's loop")
     p.add_argument("--limit-batches", type=int, default=None, help="train only this many batches (smoke runs)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
-    p.add_argument("--json", type=Path, default=None, help="also write the summary here")
+    p.add_argument("--record", default="speedrun", help="the record's name (a run replaces its machine's)")
+    p.add_argument("--results-dir", type=Path, default=RESULTS_DIR, help="where the record goes")
     args = p.parse_args()
     presets = args.preset or ["speedrun"]
     # One epoch: the article's loop, and trainer.max_epochs of each preset (the speed runs' own;
@@ -113,7 +114,8 @@ def main() -> None:
             f"{'met' if row['targets_met'] else 'not met'} (mean >= {100 * TARGET_MEAN:.1f}%, lowest >= "
             f"{100 * TARGET_LOWEST:.1f}%, ratio <= {TARGET_RATIO})"
         )
-    write_record(args.json, args, machine, article_epoch_s=article, summary=summary, runs=results)
+    figures = {"article_epoch_s": article, "summary": summary}
+    write_record(args.record, "benchmarks.speedrun", args.results_dir, machine, figures, args=vars(args), runs=results)
 
 
 if __name__ == "__main__":
