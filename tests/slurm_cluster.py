@@ -131,3 +131,14 @@ class Cluster:
 
     def scontrol(self, *args: str) -> subprocess.CompletedProcess:
         return subprocess.run(["scontrol", *args], env=self.env, capture_output=True, text=True)
+
+    def diagnose(self, job: str, sweep: Path) -> str:
+        """What the cluster says of `job`, and the tails of the daemons' and the sweep's job logs: for a failing test."""
+        parts = [
+            "squeue: " + self.squeue("-o", "%i %t %r %S"),
+            "scontrol show job: " + self.scontrol("show", "job", job).stdout,
+        ]
+        logs = [*sorted((self.root / "log").glob("*.log")), *sorted((sweep / ".submitit").glob("*/*_log.*"))]
+        for log in logs:
+            parts.append(f"--- {log} (last 40 lines)\n" + "\n".join(log.read_text(errors="replace").splitlines()[-40:]))
+        return "\n".join(parts)

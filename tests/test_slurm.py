@@ -115,6 +115,14 @@ def wait_for(condition, timeout: float, what: str) -> None:
         time.sleep(0.2)
 
 
+def released(cluster: Cluster, job: str) -> bool:
+    """True once `job` runs again (or has ended); while it is held pending, moves its begin time to now."""
+    state = cluster.squeue("-j", job, "-o", "%t").strip()
+    if state == "PD":
+        cluster.scontrol("update", f"JobId={job}", "StartTime=now")
+    return state in ("R", "")
+
+
 # How job 0 is stopped, and what its SLURM log then says. "requeue": as a preemption, SLURM's
 # SIGTERM (the run saves last.ckpt at that step). "time limit": the signal SLURM sends
 # signal_delay_s before a job's limit, on which submitit requeues the job (it resumes from the
@@ -126,6 +134,7 @@ STOPS = {
 }
 
 
+@pytest.mark.timeout(660)  # its own waits end first, with the cluster's account of the job
 @pytest.mark.parametrize("stop", STOPS)
 def test_a_stopped_job_resumes_from_its_own_last_checkpoint_and_ends_as_an_uninterrupted_one(cluster, tmp_path, stop):
     # Two jobs of the same config; job 0 is stopped during its second epoch, job 1 runs
@@ -143,15 +152,19 @@ def test_a_stopped_job_resumes_from_its_own_last_checkpoint_and_ends_as_an_unint
         stderr=subprocess.PIPE,
         text=True,
     )
+    job = ""
     try:
         wait_for(lambda: (sweep / "0" / "checkpoints" / "last.ckpt").is_file(), 240, "job 0's first last.ckpt")
         (job,) = [j for j in cluster.squeue("-o", "%i").split() if j.endswith("_0")]
         command, logged = STOPS[stop]
         assert subprocess.run([*command, job], env=cluster.env).returncode == 0
-        # SLURM holds a requeued batch job for a while before it may start again; release it now.
-        wait_for(lambda: "PD" in cluster.squeue("-j", job, "-o", "%t"), 60, "the requeued job to be pending")
-        cluster.scontrol("update", f"JobId={job}", "StartTime=now")
-        out, err = sweep_process.communicate(timeout=420)
+        wait_for(lambda: cluster.squeue("-j", job, "-o", "%t").strip() != "R", 90, "the stopped job to leave the node")
+        # SLURM holds a requeued batch job for a while before it may start again (a begin time
+        # set once the requeue completes); release it until it runs.
+        wait_for(lambda: released(cluster, job), 120, "the requeued job to start again")
+        out, err = sweep_process.communicate(timeout=180)
+    except (AssertionError, subprocess.TimeoutExpired) as e:
+        raise AssertionError(f"{e}\n{cluster.diagnose(job, sweep)}") from e
     finally:
         sweep_process.kill()
     assert sweep_process.returncode == 0, err[-3000:]
