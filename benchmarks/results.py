@@ -4,7 +4,8 @@
     python -m benchmarks.results --check    # exit 1 when a committed table differs from its records
 
 docs/performance.md gets one table per machine class (`common.machine_class`), each row naming
-its machine and the command that measured it; README.md a few headline rows (HEADLINE).
+its machine and the command that measured it; README.md a few headline rows (HEADLINE);
+experiments/README.md each preset's rows (PRESETS).
 tests/test_results.py fails when the committed tables differ from what the records give.
 """
 
@@ -19,7 +20,12 @@ from typing import Any
 
 from benchmarks.common import RESULTS_DIR, ROOT, machine_class
 
-PAGES = {ROOT / "docs" / "performance.md": "results", ROOT / "README.md": "headline"}
+PAGES = {
+    ROOT / "docs" / "performance.md": "results",
+    ROOT / "README.md": "headline",
+    ROOT / "experiments" / "README.md": "presets",
+}
+PRESETS = ("seed_baseline", "speedrun", "speedrun_bf16", "best_accuracy")  # experiments/README.md's rows
 # README's rows: (record file stem, the row's `what` starts with this).
 HEADLINE = [
     ("compare_article_amd-epyc-family-25-model-17", "`experiment=seed_baseline`"),
@@ -191,6 +197,21 @@ def headline_table(records: dict[str, dict]) -> str:
     return "\n".join(out)
 
 
+def presets_table(records: dict[str, dict]) -> str:
+    """Each preset's rows (those whose `what` names `experiment=<preset>` alone), machine by machine.
+
+    Only from records that name their CPU: a preset's figure says which machine gave it.
+    """
+    out = ["| preset | what | figure | machine |", "|---|---|---|---|"]
+    named = [r for r in records.values() if r["machine"].get("cpu")]
+    for preset in PRESETS:
+        for record in named:
+            for what, figure in rows(record):
+                if what.startswith((f"`experiment={preset}`:", f"`experiment={preset}` (")):
+                    out.append(f"| `{preset}` | {what} | {figure} | {machine_name(record['machine'])} |")
+    return "\n".join(out)
+
+
 def render(text: str, marker: str, body: str) -> str:
     """`text` with what lies between `<!-- marker:begin -->` and `<!-- marker:end -->` replaced by `body`."""
     begin, end = f"<!-- {marker}:begin -->", f"<!-- {marker}:end -->"
@@ -203,7 +224,11 @@ def render(text: str, marker: str, body: str) -> str:
 def generated(results_dir: Path = RESULTS_DIR) -> dict[Path, str]:
     """Each page's text as the records make it."""
     records = load(results_dir)
-    bodies = {"results": results_tables(records), "headline": headline_table(records)}
+    bodies = {
+        "results": results_tables(records),
+        "headline": headline_table(records),
+        "presets": presets_table(records),
+    }
     return {page: render(page.read_text(), marker, bodies[marker]) for page, marker in PAGES.items()}
 
 
