@@ -1,7 +1,7 @@
 """mnist_lab against the reference article's hand-written loop, side by side.
 
     python -m benchmarks.compare_article                    # 3 alternating repetitions, 10 epochs
-    python -m benchmarks.compare_article --reps 1 --epochs 1 --limit-batches 50 --results-dir /tmp/smoke
+    python -m benchmarks.compare_article --reps 1 --epochs 1 --limit-batches 50 --limit-eval-batches 2 --results-dir /tmp/smoke
 
 Each repetition runs, in fresh subprocesses and alternating, (a) the article's loop:
 torchvision's MNIST dataset + PIL ToTensor/Normalize + DataLoader(batch 64, shuffle), its CNN
@@ -45,8 +45,11 @@ from benchmarks.common import (
 )
 
 
-def run_article(epochs: int, limit_batches: int | None, seed: int) -> dict:
-    """The article's training loop, verbatim in spirit; returns timings and test accuracy."""
+def run_article(epochs: int, limit_batches: int | None, seed: int, limit_eval_batches: int | None = None) -> dict:
+    """The article's training loop, verbatim in spirit; returns timings and test accuracy.
+
+    `limit_eval_batches` tests on the first batches only (smoke runs), as Lightning's limit_test_batches.
+    """
     import torch
     import torch.nn as nn
     import torch.nn.functional as F
@@ -108,7 +111,9 @@ def run_article(epochs: int, limit_batches: int | None, seed: int) -> dict:
     train_seconds = time.perf_counter() - start
     correct = total = 0
     with torch.no_grad():
-        for inputs, labels in testloader:
+        for i, (inputs, labels) in enumerate(testloader):
+            if limit_eval_batches is not None and i >= limit_eval_batches:
+                break
             correct += (net(inputs).argmax(1) == labels).sum().item()
             total += len(labels)
     return {
@@ -180,9 +185,13 @@ def worker(args: argparse.Namespace) -> None:
 
     torch.set_num_threads(args.threads) if args.threads else None
     if args.worker == "article":
-        result = run_article(args.epochs, args.limit_batches, args.seed)
+        result = run_article(args.epochs, args.limit_batches, args.seed, args.limit_eval_batches)
     else:
-        result = run_mnist_lab(args.epochs, args.limit_batches, args.seed, json.loads(args.overrides))
+        overrides = json.loads(args.overrides)
+        if args.limit_eval_batches:
+            n = args.limit_eval_batches  # first, so that an override of the run's own wins
+            overrides = [f"trainer.limit_val_batches={n}", f"trainer.limit_test_batches={n}", *overrides]
+        result = run_mnist_lab(args.epochs, args.limit_batches, args.seed, overrides)
     emit(result)
 
 
@@ -193,11 +202,13 @@ def spawn(
     *,
     epochs: int,
     limit_batches: int | None = None,
+    limit_eval_batches: int | None = None,
     threads: int | None = None,
 ) -> dict:
     """One run of `kind` ("article" or "mnist_lab", with its config overrides) in a fresh process."""
     args = ["--worker", kind, "--epochs", epochs, "--seed", seed, "--overrides", json.dumps(list(overrides))]
     args += ["--limit-batches", limit_batches] if limit_batches else []
+    args += ["--limit-eval-batches", limit_eval_batches] if limit_eval_batches else []
     args += ["--threads", threads] if threads else []
     return run_worker("benchmarks.compare_article", *args, name=f"{kind} run")
 
@@ -227,6 +238,9 @@ def main() -> None:
     p.add_argument("--reps", type=int, default=3)
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--limit-batches", type=int, default=None, help="train only this many batches per epoch")
+    p.add_argument(
+        "--limit-eval-batches", type=int, default=None, help="validate and test only this many batches (smoke runs)"
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of the first repetition (repetition r: seed + r)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     p.add_argument("--variant", action="append", default=[], help="extra mnist_lab run with these overrides")
@@ -242,7 +256,12 @@ def main() -> None:
     results: dict[str, list[dict]] = {name: [] for name, _ in plan}
     # The roofline: a matmul's rate in each dtype of the plan (fp32, bf16), timed once per repetition.
     mm: dict[str, list[float]] = {dtype: [] for dtype in dict.fromkeys(dtype_of(o) for _, o in plan)}
-    run = {"epochs": args.epochs, "limit_batches": args.limit_batches, "threads": args.threads}
+    run = {
+        "epochs": args.epochs,
+        "limit_batches": args.limit_batches,
+        "limit_eval_batches": args.limit_eval_batches,
+        "threads": args.threads,
+    }
     for rep in range(args.reps):
         for name, overrides in plan:  # alternate, so machine noise hits every contender alike
             kind = "article" if name == "article" else "mnist_lab"

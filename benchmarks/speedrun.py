@@ -3,7 +3,7 @@
     python -m benchmarks.speedrun                           # 10 seeds of experiment=speedrun, 3 article epochs
     python -m benchmarks.speedrun --preset speedrun_bf16    # another preset (several --preset: each in turn)
     python -m benchmarks.speedrun --preset "speedrun_bf16 trainer.precision=32-true"   # a preset with overrides
-    python -m benchmarks.speedrun --seeds 1 --article-reps 1 --limit-batches 5 --results-dir /tmp/smoke
+    python -m benchmarks.speedrun --seeds 1 --article-reps 1 --limit-batches 5 --limit-eval-batches 2 --results-dir /tmp/smoke
 
 The question it answers: how long does mnist_lab take to reach 99.0% MNIST test accuracy,
 as a fraction of one epoch of the article's hand-written loop on the same machine? It runs,
@@ -55,6 +55,9 @@ def main() -> None:
     p.add_argument("--seeds", type=int, default=10, help="seeds 0..N-1 of each preset")
     p.add_argument("--article-reps", type=int, default=3, help="one-epoch runs of the article's loop")
     p.add_argument("--limit-batches", type=int, default=None, help="train only this many batches (smoke runs)")
+    p.add_argument(
+        "--limit-eval-batches", type=int, default=None, help="validate and test only this many batches (smoke runs)"
+    )
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     p.add_argument("--record", default="speedrun", help="the record's name (a run replaces its machine's)")
     p.add_argument("--results-dir", type=Path, default=RESULTS_DIR, help="where the record goes")
@@ -62,7 +65,12 @@ def main() -> None:
     presets = args.preset or ["speedrun"]
     # One epoch: the article's loop, and trainer.max_epochs of each preset (the speed runs' own;
     # an override in --preset comes later and wins).
-    run = {"epochs": 1, "limit_batches": args.limit_batches, "threads": args.threads}
+    run = {
+        "epochs": 1,
+        "limit_batches": args.limit_batches,
+        "limit_eval_batches": args.limit_eval_batches,
+        "threads": args.threads,
+    }
 
     results: dict[str, list[dict]] = {name: [] for name in ["article", *presets]}
     for name, seed in plan(presets, args.seeds, args.article_reps):
