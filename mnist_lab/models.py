@@ -33,7 +33,7 @@ class CNN(nn.Module):
     makes it conv -> pool -> batch norm -> ReLU. That is another network, not the same
     arithmetic reordered: batch norm then takes its statistics over the pooled values. It
     normalises 4x fewer values, and on CPU batch norm's backward is among the costliest ops of
-    the slim speed-run network (benchmarks/README.md, "Batch norm after the pool").
+    the slim speed-run network (docs/performance.md, "Batch norm after the pool").
     """
 
     group_names = ("conv1", "conv2", "fc1", "head")

@@ -48,7 +48,7 @@ def cpu_identity(cpuinfo: str) -> dict[str, Any]:
 
     The family and model number tell CPU generations apart where a virtual machine's model
     name does not: guests all named "AMD EPYC" multiply bf16 at rates far apart
-    (benchmarks/README.md), and family 26 is Zen 5 where 25 is Zen 3 and 4.
+    (docs/performance.md), and family 26 is Zen 5 where 25 is Zen 3 and 4.
     """
     fields: dict[str, str | None] = {
         "model name": None,
@@ -103,7 +103,7 @@ def slow_bf16(trainer: Any) -> str | None:
     Intel CPU with AVX512_BF16 but no AMX (measured with AMX capped off on an Intel Xeon; on
     those cores a bf16 dot product seems to do no more multiplies per cycle than the two fp32
     FMA ports, leaving the conversions as a cost). AMD's AVX512_BF16 and AMX are faster than
-    fp32 (benchmarks/README.md, "Does bf16 pay?").
+    fp32 (docs/performance.md, "fp32 by default").
     """
     from pytorch_lightning.accelerators import CPUAccelerator
 
@@ -119,7 +119,8 @@ def slow_bf16(trainer: Any) -> str | None:
         else "a CPU without native bf16 (no AVX512_BF16 or AMX flag): the bf16 arithmetic is emulated"
     )
     return (
-        f"trainer.precision={trainer.precision} on {why} (benchmarks/bf16_isa.py measures it); "
+        f"trainer.precision={trainer.precision} on {why} (docs/performance.md; `python -m benchmarks.compare_article "
+        "--variant trainer.precision=bf16-mixed` measures it here); "
         "trainer.precision=32-true is the faster choice here."
     )
 

@@ -251,7 +251,7 @@ def save_atomic(obj: Any, path: str | Path) -> None:
     """torch.save into a temporary file beside `path`, then one rename onto it.
 
     A kill during the write leaves the old file or the new one, never a truncated file that
-    torch.load cannot read (the write's cost is in benchmarks/README.md).
+    torch.load cannot read.
     """
     with atomic_file(path, "wb") as f:
         torch.save(obj, f)

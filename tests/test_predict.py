@@ -46,7 +46,7 @@ def render(digit, size, canvas, at, invert, rgb, resample=Image.LANCZOS):
 # (digit size, canvas (h, w), paste position, dark ink on light paper, RGB, resampling, file type).
 # Pixel-replicated renders: the small test model (96%) is sensitive to the blur of smooth
 # upscaling; the fully trained model's agreement on bilinear/Lanczos renders is measured by
-# `python -m mnist_lab strings_benchmark` (experiments/README.md, "Reading numbers").
+# `python -m mnist_lab strings_benchmark`.
 VARIANTS = {
     "100px": (100, (100, 100), (0, 0), False, False, Image.NEAREST, "png"),
     "57px_in_80x120_inverted_rgb": (57, (80, 120), (5, 40), True, True, Image.NEAREST, "png"),

@@ -97,7 +97,7 @@ def test_labels_per_class_gives_exactly_k_per_class(name):
     assert (len(s.val_y), len(s.test_y)) == TARGETS[name][2][1:]
 
 
-# The splits the recorded transfer study used (experiments/README.md): an md5 of the labels of
+# The splits of the recorded transfer study (docs/fine-tuning.md): an md5 of the labels of
 # train, val and test in stored order, with every labelled image and then 10 per class at
 # data.split_seed=3. Another draw of the same sizes changes it.
 PUBLISHED_SPLITS = {

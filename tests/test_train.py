@@ -160,7 +160,7 @@ def test_bf16_where_it_is_slower_than_fp32_is_flagged(monkeypatch, vendor, flags
     message = records.slow_bf16(trainer)
     assert (message is not None) == warned
     if warned:
-        assert "trainer.precision=32-true" in message and "bf16_isa.py" in message
+        assert "trainer.precision=32-true" in message and "trainer.precision=bf16-mixed" in message
         assert ("no AMX" in message) == bool(flags)
 
 
