@@ -8,10 +8,13 @@ normalisation run once per batch on the training device (`on_after_batch_transfe
 
 from __future__ import annotations
 
+import math
+from collections.abc import Iterator
 from typing import Any
 
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.utilities import CombinedLoader
 
 from mnist_lab.data.augment import RandomAffine
 from mnist_lab.data.batches import TensorBatches
@@ -35,7 +38,9 @@ class DigitsDataModule(pl.LightningDataModule):
             (labels_per_class): the split alone, the same for every training seed.
         seed: draws the order of every training epoch (conf/data/base.yaml: the run's `seed`);
             None takes split_seed, as a saved config without this key did.
-        labels_per_class: keep only this many training images per class (stratified), or null.
+        labels_per_class: keep only this many training images per class (stratified), or null;
+            the rest of the training split stays available as unlabelled images (`unlabelled`),
+            used when a semi-supervised strategy calls `use_unlabelled`. 0: no labels at all.
         train_size: keep only the first N training images after the split, or null (tests, scaling).
         mean, std: normalisation of [0, 1] pixels, as the article's Normalize(0.1307, 0.3081).
         augment: a RandomAffine (or RandomElastic) applied to training batches, or null.
@@ -73,6 +78,13 @@ class DigitsDataModule(pl.LightningDataModule):
         self._placed: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # split -> (x, y) on the device
         self._train_batches: TensorBatches | None = None
         self._train_state: dict[str, int] | None = None  # from a checkpoint, for _train_batches
+        # The training images left without labels by labels_per_class, with their labels kept
+        # apart: only a diagnostic (pseudo-label accuracy) may read them, never a loss.
+        self.unlabelled: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._views: tuple[Any, Any] | None = None  # (weak, strong) augmentations, set by use_unlabelled
+        self._unlabelled_batch_size = 0
+        self._unlabelled_batches: UnlabelledBatches | None = None
+        self._unlabelled_state: dict[str, int] | None = None
 
     def setup(self, stage: str | None = None) -> None:
         if self.splits is not None:
@@ -91,6 +103,9 @@ class DigitsDataModule(pl.LightningDataModule):
             raw.train_x, raw.train_y = raw.train_x[train_idx], raw.train_y[train_idx]
         if self.labels_per_class is not None:
             keep = stratified_subset(raw.train_y, self.labels_per_class, self.num_classes, g)
+            rest = torch.ones(len(raw.train_y), dtype=torch.bool)
+            rest[keep] = False
+            self.unlabelled = raw.train_x[rest], raw.train_y[rest]
             raw.train_x, raw.train_y = raw.train_x[keep], raw.train_y[keep]
         if self.train_size is not None:
             raw.train_x, raw.train_y = raw.train_x[: self.train_size], raw.train_y[: self.train_size]
@@ -116,14 +131,47 @@ class DigitsDataModule(pl.LightningDataModule):
             self._placed[name] = (x.to(device), y.to(device))  # once per run, not per batch
         return self._placed[name]
 
-    def train_dataloader(self) -> TensorBatches:
+    def use_unlabelled(self, batch_size: int, weak: Any, strong: Any) -> None:
+        """Train on (labelled, unlabelled) batch pairs: `batch_size` unlabelled images per step, each seen twice.
+
+        Each training batch becomes {"labelled": (x, y), "unlabelled": {"weak", "strong", "hidden"}}
+        (no "labelled" with labels_per_class=0): the unlabelled images under the `weak` and the
+        `strong` augmentation, and their hidden labels for diagnostics only.
+        """
+        if self.unlabelled is None or not len(self.unlabelled[1]):
+            raise ConfigError(
+                f"data.labels_per_class={self.labels_per_class} leaves no unlabelled training images, which a "
+                "semi-supervised strategy needs: set data.labels_per_class to fewer than the smallest class holds "
+                "(e.g. 10), or choose a supervised finetune strategy."
+            )
+        self._unlabelled_batch_size, self._views = batch_size, (weak, strong)
+
+    def train_dataloader(self) -> TensorBatches | CombinedLoader:
         if self._train_batches is None:  # one object for the whole run: it carries the epoch
             self._train_batches = TensorBatches(
                 *self._split("train"), self.batch_size, True, self.seed, **self._shard()
             )
             if self._train_state is not None:
                 self._train_batches.load_state_dict(self._train_state)
-        return self._train_batches
+        if self._views is None:
+            return self._train_batches
+        if self._unlabelled_batches is None:
+            assert self.unlabelled is not None  # use_unlabelled checked it
+            x, y = self.unlabelled
+            if self.on_device and self.trainer is not None:
+                device = self.trainer.strategy.root_device
+                x, y = x.to(device), y.to(device)
+            # An epoch is the labelled pass; with no labels, one pass over the unlabelled images.
+            labelled = len(self._train_batches)
+            per_epoch = labelled or math.ceil(len(y) / self._unlabelled_batch_size)
+            self._unlabelled_batches = UnlabelledBatches(x, y, self._unlabelled_batch_size, per_epoch, self.seed)
+            if self._unlabelled_state is not None:
+                self._unlabelled_batches.load_state_dict(self._unlabelled_state)
+        loaders: dict[str, Any] = {"labelled": self._train_batches} if len(self._train_batches) else {}
+        # min_size: the labelled pass ends the epoch (the unlabelled stream is as long, and never cycles),
+        # and "labelled" comes first, so the unlabelled stream is not advanced past the labelled end.
+        loaders["unlabelled"] = self._unlabelled_batches
+        return CombinedLoader(loaders, mode="min_size")
 
     def val_dataloader(self) -> TensorBatches:
         return TensorBatches(*self._split("val"), self.eval_batch_size, False, **self._shard())
@@ -136,6 +184,20 @@ class DigitsDataModule(pl.LightningDataModule):
         return normalize(x, self.mean, self.std, self.augment if augment else None)
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        if isinstance(batch, dict):  # semi-supervised training: see use_unlabelled
+            assert self._views is not None
+            out: dict[str, Any] = {}
+            if "labelled" in batch:
+                x, y = batch["labelled"]
+                out["labelled"] = self.normalize(x, augment=True), y
+            u, hidden = batch["unlabelled"]
+            weak, strong = self._views
+            out["unlabelled"] = {
+                "weak": normalize(u, self.mean, self.std, weak),
+                "strong": normalize(u, self.mean, self.std, strong),
+                "hidden": hidden,
+            }
+            return out
         x, y = batch
         return self.normalize(x, augment=self.trainer is not None and self.trainer.training), y
 
@@ -143,21 +205,78 @@ class DigitsDataModule(pl.LightningDataModule):
         # The training order's position (Lightning saves the loader's state too, but restores
         # it only if nothing built the loader before the restore, and OneCycleLR's
         # trainer.estimated_stepping_batches does: a resumed run would restart the epoch).
-        return {"train_batches": self._train_batches.state_dict()} if self._train_batches is not None else {}
+        state = {"train_batches": self._train_batches.state_dict()} if self._train_batches is not None else {}
+        if self._unlabelled_batches is not None:
+            state["unlabelled_batches"] = self._unlabelled_batches.state_dict()
+        return state
 
     def load_state_dict(self, state_dict: dict) -> None:
         self._train_state = state_dict.get("train_batches")
         if self._train_batches is not None and self._train_state is not None:
             self._train_batches.load_state_dict(self._train_state)
+        self._unlabelled_state = state_dict.get("unlabelled_batches")
+        if self._unlabelled_batches is not None and self._unlabelled_state is not None:
+            self._unlabelled_batches.load_state_dict(self._unlabelled_state)
+
+
+class UnlabelledBatches:
+    """An endless stream of unlabelled batches, `per_epoch` of them per pass of the training loop.
+
+    The labelled and the unlabelled split differ in size, so the unlabelled images are an
+    endless stream: batch k holds positions [k*B, (k+1)*B) of one shuffled order after another
+    (order j seeded with (seed, j)), so every batch is a function of (seed, k) alone. The
+    position is the state: a run resumed mid-epoch gets the same batches as an uninterrupted one.
+
+    Args:
+        x, y: unlabelled images (N, C, H, W) and their hidden labels (N,): diagnostics only.
+        batch_size: images per batch.
+        per_epoch: batches per training epoch (the labelled loader's length, so the two end together).
+        seed: seeds the shuffled orders.
+    """
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, batch_size: int, per_epoch: int, seed: int) -> None:
+        self.x, self.y, self.batch_size, self.per_epoch, self.seed = x, y, batch_size, per_epoch, seed
+        self.position = 0  # batches served so far
+        self._order: tuple[int, torch.Tensor] | None = None  # (pass, order): the latest one drawn
+
+    def __len__(self) -> int:
+        return self.per_epoch
+
+    def _indices(self, k: int) -> torch.Tensor:
+        n = len(self.y)
+        positions = torch.arange(k * self.batch_size, (k + 1) * self.batch_size)
+        passes, places = positions // n, positions % n
+        out = torch.empty_like(places)
+        for j in passes.unique().tolist():  # one order, or more where one ends in the batch
+            if self._order is None or self._order[0] != j:
+                g = torch.Generator().manual_seed(self.seed * 100_003 + j)
+                self._order = (j, torch.randperm(n, generator=g))
+            out[passes == j] = self._order[1][places[passes == j]]
+        return out.to(self.x.device)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        # To the end of the current epoch: a resumed run starts mid-epoch.
+        end = (self.position // self.per_epoch + 1) * self.per_epoch
+        while self.position < end:
+            idx = self._indices(self.position)
+            self.position += 1
+            yield self.x[idx], self.y[idx]
+
+    def state_dict(self) -> dict[str, int]:
+        return {"position": self.position}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.position = state["position"]
 
 
 def stratified_subset(labels: torch.Tensor, per_class: int, num_classes: int, g: torch.Generator) -> torch.Tensor:
     """Indices of exactly `per_class` randomly chosen examples of each class, sorted."""
     counts = torch.bincount(labels, minlength=num_classes)
-    if per_class < 1 or per_class > counts.min():
+    if per_class < 0 or per_class > counts.min():
         raise ConfigError(
             f"data.labels_per_class={per_class} but the training split has as few as {counts.min().item()} "
             f"images of class {counts.argmin().item()} (counts {counts.tolist()}). "
-            f"Use a value between 1 and {counts.min().item()}, or null for all labels."
+            f"Use a value between 0 (no labels: semi-supervised strategies only) and {counts.min().item()}, "
+            "or null for all labels."
         )
     return stratified_sample(labels, dict.fromkeys(range(num_classes), per_class), g)
