@@ -23,6 +23,7 @@ from mnist_lab.files import write_json
 from mnist_lab.pretrained import describe_start
 from mnist_lab.records import environment_record, log_hparams, slow_bf16
 from mnist_lab.rundir import check_output_dir
+from mnist_lab.semisupervised import FixMatch, SemiSupervisedClassifier
 from mnist_lab.weights import LAST, load_pretrained, read_checkpoint
 
 # metrics.json fields that differ between two runs of the same config and seed: wall-clock
@@ -55,7 +56,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if finetune is not None and finetune.checkpoint and cfg.get("ckpt_path") is None:
         load_pretrained(net, finetune.checkpoint)
         log.info(describe_start(finetune.checkpoint, cfg.data))
-    module = Classifier(
+    # A semi-supervised strategy also trains on the target's unlabelled images (mnist_lab/semisupervised.py).
+    semi = isinstance(finetune, FixMatch)
+    if semi:
+        datamodule.use_unlabelled(finetune.ratio * cfg.data.batch_size, finetune.weak, finetune.strong)
+    module = (SemiSupervisedClassifier if semi else Classifier)(
         net=net,
         optimizer=instantiate(cfg.optimizer),
         scheduler=instantiate(cfg.scheduler.scheduler),

@@ -28,6 +28,7 @@ LAYER = {
     "mnist_lab.models": "learning",
     "mnist_lab.classifier": "learning",
     "mnist_lab.finetune": "learning",
+    "mnist_lab.semisupervised": "learning",
     "mnist_lab.data": "learning",
     "mnist_lab.data.augment": "learning",
     "mnist_lab.data.batches": "learning",
