@@ -11,6 +11,7 @@ import os
 from typing import Any
 
 import torch
+from hydra.utils import get_object
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from mnist_lab.config.objects import Problem, build
@@ -24,7 +25,65 @@ def check_across(cfg: DictConfig) -> list[Problem]:
         *_norm_after_pool(cfg.get("model")),
         *_batch_size(cfg.get("data")),
         *_devices(cfg.get("trainer")),
+        *_unlabelled(cfg),
     ]
+
+
+def _semi_supervised(finetune: Any) -> bool:
+    """Whether the finetune config is a semi-supervised strategy (mnist_lab/semisupervised.py)."""
+    from mnist_lab.semisupervised import FixMatch
+
+    target = finetune.get("_target_") if isinstance(finetune, DictConfig) else None
+    try:
+        found = get_object(target) if isinstance(target, str) else None
+    except Exception:  # a stale _target_ is reported by the key check
+        return False
+    return isinstance(found, type) and issubclass(found, FixMatch)
+
+
+def _unlabelled(cfg: DictConfig) -> list[Problem]:
+    """No labels without a semi-supervised strategy; a semi-supervised one without unlabelled images or under DDP."""
+    labels = OmegaConf.select(cfg, "data.labels_per_class")
+    semi = _semi_supervised(cfg.get("finetune"))
+    if labels == 0 and not semi:
+        return [
+            Problem(
+                "data.labels_per_class",
+                0,
+                (
+                    "leaves no labelled image, and the finetune strategy trains on labels only: allowed is an integer "
+                    ">= 1, or keep 0 with a semi-supervised strategy that learns from unlabelled images "
+                    "(finetune=fixmatch)"
+                ),
+            )
+        ]
+    if semi and labels is None:
+        return [
+            Problem(
+                "data.labels_per_class",
+                None,
+                (
+                    "keeps every training label, so the semi-supervised finetune strategy has no unlabelled image to "
+                    "learn from: give the number of labelled images per class (e.g. data.labels_per_class=10; the rest "
+                    "become unlabelled), or choose a supervised strategy (finetune=freeze_conv)"
+                ),
+            )
+        ]
+    devices = OmegaConf.select(cfg, "trainer.devices")
+    ddp = "ddp" in str(OmegaConf.select(cfg, "trainer.strategy") or "").lower()
+    if semi and (ddp or (_needed(devices) or 1) > 1):
+        return [
+            Problem(
+                "trainer.devices",
+                devices,
+                (
+                    "asks for several processes (DDP), but the semi-supervised "
+                    "strategies run in one: their unlabelled stream is not sharded across ranks. Allowed is one "
+                    "device: trainer=cpu (or trainer.devices=1) with a single-process strategy"
+                ),
+            )
+        ]
+    return []
 
 
 def _num_classes(cfg: DictConfig) -> list[Problem]:

@@ -53,7 +53,11 @@ RULES: list[tuple[str, Callable[[Any], bool], str]] = [
     ("data.eval_batch_size", _at_least(1), "a batch size: an integer >= 1"),
     ("data.num_classes", _at_least(2), "an integer >= 2"),
     ("data.val_size", _at_least(0), "an integer >= 0 (images held out for validation)"),
-    ("data.labels_per_class", _at_least(1, optional=True), "null (all labels) or an integer >= 1"),
+    (
+        "data.labels_per_class",
+        _at_least(0, optional=True),
+        "null (all labels) or an integer >= 0 (0: no labels, for a semi-supervised finetune strategy)",
+    ),
     ("data.train_size", _at_least(1, optional=True), "null (all images) or an integer >= 1"),
     ("data.std", _positive, "a number > 0"),
     ("model.dropout", _fraction, "a probability in [0, 1)"),
@@ -68,6 +72,10 @@ RULES: list[tuple[str, Callable[[Any], bool], str]] = [
     ("trainer.log_every_n_steps", _at_least(1, optional=True), "an integer >= 1"),
     ("trainer.check_val_every_n_epoch", _at_least(1, optional=True), "null or an integer >= 1"),
     ("trainer.limit_*_batches", _limit_batches, "null, an integer >= 0 (batches) or a float in [0, 1] (a share)"),
+    # Semi-supervised strategies (mnist_lab/semisupervised.py).
+    ("finetune.threshold", lambda v: _num(v) and 0 < v <= 1, "a softmax probability in (0, 1] (FixMatch uses 0.95)"),
+    ("finetune.ratio", _at_least(1), "an integer >= 1: unlabelled images per labelled one (FixMatch uses 7)"),
+    ("finetune.weight", _at_least(0, integer=False), "a number >= 0 (FixMatch uses 1)"),
     ("checkpoint_every_n_steps", _at_least(1, optional=True), "null or an integer >= 1"),
 ]
 
