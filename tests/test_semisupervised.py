@@ -134,20 +134,32 @@ def test_zero_labels_logs_the_unlabelled_loss_and_pseudo_labels(tmp_path):
 
 @pytest.mark.slow
 def test_resume_mid_epoch_equals_uninterrupted_run(tmp_path):
-    # 3 labelled batches per epoch: step 4 is mid-way through the second epoch. gradual
-    # unfreezing from epoch 1: the schedule's state crosses the resume too.
-    schedule = ["finetune.frozen=[conv1,conv2]", "finetune.unfreeze={1: [conv2], 2: [conv1]}"]
-    whole = [*SMALL, *schedule]
-    train(compose_config(whole, tmp_path / "whole"))
-    train(compose_config([*whole, "trainer.max_steps=4", "checkpoint_every_n_steps=4"], tmp_path / "split"))
-    last = tmp_path / "split" / "checkpoints" / "last.ckpt"
-    halfway = torch.load(last, weights_only=True)
-    assert halfway["global_step"] == 4 and halfway["epoch"] == 1  # mid-epoch
-    train(compose_config([*whole, f"ckpt_path={last}"], tmp_path / "resumed"))
+    # 3 labelled batches per epoch, a checkpoint every 2 steps: a crash after step 5 leaves the
+    # checkpoint of step 4, mid-way through the second epoch. Gradual unfreezing from epoch 1:
+    # the schedule's state crosses the resume too.
+    run = [
+        *SMALL,
+        "finetune.frozen=[conv1,conv2]",
+        "finetune.unfreeze={1: [conv2], 2: [conv1]}",
+        "checkpoint_every_n_steps=2",
+        "test=false",
+    ]
+    train(compose_config(run, tmp_path / "whole"))
+    crashed = tmp_path / "crashed"
+    crash = ["+callbacks.crash._target_=tests.test_reliability.Crash", "+callbacks.crash.at_step=5"]
+    with pytest.raises(RuntimeError, match="crash at step 5"):
+        train(compose_config([*run, *crash], crashed))
+    halfway = torch.load(crashed / "checkpoints" / "last.ckpt", weights_only=True)
+    assert halfway["global_step"] == 4
+    assert halfway["DigitsDataModule"] == {
+        "train_batches": {"epoch": 1, "served": 1},
+        "unlabelled_batches": {"position": 4},
+    }
+    train(compose_config([*run, f"ckpt_path={crashed}/checkpoints/last.ckpt"], crashed))
     a = torch.load(tmp_path / "whole" / "checkpoints" / "last.ckpt", weights_only=True)
-    b = torch.load(tmp_path / "resumed" / "checkpoints" / "last.ckpt", weights_only=True)
+    b = torch.load(crashed / "checkpoints" / "last.ckpt", weights_only=True)
     assert (a["epoch"], a["global_step"]) == (b["epoch"], b["global_step"]) and a["global_step"] == 8
-    for k, v in a["state_dict"].items():
+    for k, v in a["state_dict"].items():  # the network and the class prior of the alignment
         assert torch.equal(v, b["state_dict"][k]), k
     for sa, sb in zip(a["optimizer_states"][0]["state"].values(), b["optimizer_states"][0]["state"].values()):
         assert all(torch.equal(sa[k], sb[k]) for k in sa)
