@@ -209,3 +209,25 @@ def test_strategy_keeps_the_supervised_mechanism():
     sup.bind(CNN())
     groups = ("conv1", "conv2", "fc1", "head")
     assert [fm.lr_multiplier(g) for g in groups] == [sup.lr_multiplier(g) for g in groups] == [0.125, 0.25, 0.5, 1.0]
+
+
+def test_transfer_table_reports_the_gap_closed():
+    from mnist_lab.tools.finetune_table import ZERO_SHOT, semi_supervised_report
+
+    def rows(strategy: str, labels, accs, semi=False):
+        return [{"target": "t", "strategy": strategy, "labels": labels, "acc": a, "semi": semi} for a in accs]
+
+    table = [
+        *rows("freeze_conv", 10, [0.94, 0.95, 0.96]),  # 95.0 ± 1.0
+        *rows("freeze_conv", "all", [0.97, 0.97, 0.97]),
+        *rows("full", "all", [0.99, 0.99, 0.99]),  # the all-labels ceiling: 99.0, a gap of 4.0
+        *rows("fixmatch", 10, [0.97, 0.97, 0.97], semi=True),
+        *rows("fixmatch", 0, [0.90, 0.90, 0.90], semi=True),
+        *rows(ZERO_SHOT, 0, [0.85]),
+    ]
+    report = semi_supervised_report(table)
+    assert "t, fixmatch, 0 labels/class: 90.0 ± 0.0; zero-shot 85.0 (+5.0)" in report
+    assert "t, fixmatch, 10 labels/class: 97.0 ± 0.0; best supervised freeze_conv 95.0, all labels 99.0" in report
+    assert "closes 50% of the gap; trails by more than their spread: none" in report
+    worse = semi_supervised_report([r if r["strategy"] != "fixmatch" else {**r, "acc": 0.93} for r in table])
+    assert "closes -50% of the gap; trails by more than their spread: freeze_conv 95.0 ± 1.0" in worse

@@ -1,13 +1,17 @@
 """`mnist-lab finetune_table DIR... [--figure PNG] [--zero-shot]`: a transfer study's tables and figure.
 
 One table per target dataset (the `data` choice of the jobs): one row per strategy (runs
-without finetune.checkpoint count as `scratch`), one column per labels_per_class; each cell
+without finetune.checkpoint count as `scratch`), one column per labels_per_class (0: only
+semi-supervised strategies, which also train on the unlabelled rest); each cell
 is the mean ± sample standard deviation of test accuracy over the seeds, the mean training
 seconds and the number of runs, the best mean of each column in bold. `--zero-shot` adds the
 row of the starting weights evaluated on each target's test split as they are (inference
 only: the domain-shift baseline). `--figure` writes test accuracy against labels per class,
-one line per strategy, one panel per target. Failed or unfinished jobs are listed; the exit
-status is 1 when there are any.
+one line per strategy, one panel per target. Semi-supervised strategies get a summary beside
+the supervised ones: the share of the gap between the best supervised mean and the best
+all-labels mean that they close, and the supervised strategies they trail by more than those
+strategies' seed spread. Failed or unfinished jobs are listed; the exit status is 1 when
+there are any.
 """
 
 from __future__ import annotations
@@ -19,10 +23,12 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from hydra.utils import get_object
 from omegaconf import OmegaConf
 
 from mnist_lab import sweepdir
 from mnist_lab.errors import user_errors
+from mnist_lab.semisupervised import FixMatch
 from mnist_lab.weights import load_file
 
 ZERO_SHOT = "zero-shot"
@@ -35,6 +41,7 @@ def read_jobs(sweep_dirs: list[Path]) -> tuple[list[dict], list[str]]:
         for job in sweepdir.jobs(sweep):
             cfg, choices = job.config(), job.choices()
             strategy = choices.finetune if cfg.finetune.checkpoint else "scratch"
+            target = get_object(cfg.finetune._target_) if "_target_" in cfg.finetune else None
             labels = "all" if cfg.data.labels_per_class is None else int(cfg.data.labels_per_class)
             if not job.metrics:  # failed, or not finished
                 error = job.message or "no metrics.json"
@@ -50,6 +57,7 @@ def read_jobs(sweep_dirs: list[Path]) -> tuple[list[dict], list[str]]:
                     "acc": job.metrics["test/acc"],
                     "seconds": job.metrics["train_seconds"],
                     "unfreezes": _plateau_events(job.dir),
+                    "semi": isinstance(target, type) and issubclass(target, FixMatch),
                 }
             )
     return jobs, problems
@@ -144,6 +152,44 @@ def plateau_report(jobs: list[dict]) -> str:
     return "unfreeze_on_plateau events:\n" + "\n".join(lines) if lines else ""
 
 
+def semi_supervised_report(rows: list[dict]) -> str:
+    """Per target, semi-supervised strategy and labels per class: the gap to all labels it closes, whom it trails."""
+    lines = []
+
+    def stats(target: str, strategy: str, labels: Any) -> tuple[float, float] | None:
+        accs = [100 * r["acc"] for r in rows if (r["target"], r["strategy"], r["labels"]) == (target, strategy, labels)]
+        return (statistics.mean(accs), statistics.stdev(accs) if len(accs) > 1 else 0.0) if accs else None
+
+    for semi in sorted({r["strategy"] for r in rows if r.get("semi")}):
+        for target in sorted({r["target"] for r in rows if r["strategy"] == semi}):
+            supervised = sorted(
+                {
+                    r["strategy"]
+                    for r in rows
+                    if r["target"] == target and not r.get("semi") and r["strategy"] != ZERO_SHOT
+                }
+            )
+            every = [m for s in supervised if (m := stats(target, s, "all"))]
+            ceiling = max((m[0] for m in every), default=None)
+            for labels in sorted({r["labels"] for r in rows if r["strategy"] == semi and r["target"] == target}):
+                ours = stats(target, semi, labels)
+                assert ours is not None
+                parts = [f"- {target}, {semi}, {labels} labels/class: {ours[0]:.1f} ± {ours[1]:.1f}"]
+                zero = stats(target, ZERO_SHOT, labels)
+                if zero:
+                    parts.append(f"zero-shot {zero[0]:.1f} ({ours[0] - zero[0]:+.1f})")
+                means = {s: m for s in supervised if (m := stats(target, s, labels))}
+                if means and ceiling is not None:
+                    best = max(means, key=lambda s: means[s][0])
+                    gap = ceiling - means[best][0]
+                    closed = f"closes {100 * (ours[0] - means[best][0]) / gap:.0f}% of the gap" if gap > 0 else "no gap"
+                    parts.append(f"best supervised {best} {means[best][0]:.1f}, all labels {ceiling:.1f}: {closed}")
+                    trails = [f"{s} {m[0]:.1f} ± {m[1]:.1f}" for s, m in means.items() if ours[0] < m[0] - m[1]]
+                    parts.append(f"trails by more than their spread: {', '.join(trails) or 'none'}")
+                lines.append("; ".join(parts))
+    return "semi-supervised strategies:\n" + "\n".join(lines) if lines else ""
+
+
 def figure(jobs: list[dict], path: Path) -> None:
     """Test accuracy against labels per class: one line per strategy (mean ± std), one panel per target."""
     import matplotlib
@@ -190,9 +236,9 @@ def main(argv: list[str] | None = None) -> int:
     with user_errors():
         rows = jobs + (zero_shot(jobs) if args.zero_shot else [])
     print(table(rows))
-    report = plateau_report(jobs)
-    if report:
-        print("\n" + report)
+    for report in (plateau_report(jobs), semi_supervised_report(rows)):
+        if report:
+            print("\n" + report)
     if args.figure is not None:
         figure(rows, args.figure)
         print(f"\nfigure: {args.figure}")
