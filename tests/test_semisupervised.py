@@ -173,10 +173,6 @@ def test_resume_mid_epoch_equals_uninterrupted_run(tmp_path):
             r"`data.labels_per_class` = 0 leaves no labelled image.*finetune=fixmatch",
         ),
         (
-            ["finetune=fixmatch", "data.labels_per_class=null"],
-            r"`data.labels_per_class` = None keeps every training label",
-        ),
-        (
             ["finetune=fixmatch", "data.labels_per_class=10", "finetune.threshold=1.5"],
             r"`finetune.threshold` = 1.5 is out of range",
         ),
@@ -198,6 +194,13 @@ def test_resume_mid_epoch_equals_uninterrupted_run(tmp_path):
 def test_bad_settings_fail_fast(overrides, message):
     with pytest.raises(ConfigError, match=message):
         validate(compose_config(["data=semeion", *overrides]))
+
+
+def test_every_label_kept_leaves_nothing_to_learn_from(tmp_path):
+    cfg = compose_config([*SMALL, "data.labels_per_class=null"], tmp_path / "run")
+    with pytest.raises(ConfigError, match=r"data.labels_per_class=None leaves no unlabelled training images"):
+        train(cfg)
+    assert not (tmp_path / "run" / "checkpoints").exists()  # stopped before training
 
 
 def test_strategy_keeps_the_supervised_mechanism():

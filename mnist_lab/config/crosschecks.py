@@ -42,7 +42,12 @@ def _semi_supervised(finetune: Any) -> bool:
 
 
 def _unlabelled(cfg: DictConfig) -> list[Problem]:
-    """No labels without a semi-supervised strategy; a semi-supervised one without unlabelled images or under DDP."""
+    """No labels without a semi-supervised strategy; a semi-supervised one under DDP.
+
+    A semi-supervised strategy with every label kept (labels_per_class null, the default) is
+    reported when the data is read (DigitsDataModule.use_unlabelled): each conf/finetune file
+    stays a valid choice on its own.
+    """
     labels = OmegaConf.select(cfg, "data.labels_per_class")
     semi = _semi_supervised(cfg.get("finetune"))
     if labels == 0 and not semi:
@@ -54,18 +59,6 @@ def _unlabelled(cfg: DictConfig) -> list[Problem]:
                     "leaves no labelled image, and the finetune strategy trains on labels only: allowed is an integer "
                     ">= 1, or keep 0 with a semi-supervised strategy that learns from unlabelled images "
                     "(finetune=fixmatch)"
-                ),
-            )
-        ]
-    if semi and labels is None:
-        return [
-            Problem(
-                "data.labels_per_class",
-                None,
-                (
-                    "keeps every training label, so the semi-supervised finetune strategy has no unlabelled image to "
-                    "learn from: give the number of labelled images per class (e.g. data.labels_per_class=10; the rest "
-                    "become unlabelled), or choose a supervised strategy (finetune=freeze_conv)"
                 ),
             )
         ]
