@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
 
 import pytest
@@ -234,3 +235,19 @@ def test_transfer_table_reports_the_gap_closed():
     assert "closes 50% of the gap; trails by more than their spread: none" in report
     worse = semi_supervised_report([r if r["strategy"] != "fixmatch" else {**r, "acc": 0.93} for r in table])
     assert "closes -50% of the gap; trails by more than their spread: freeze_conv 95.0 ± 1.0" in worse
+
+
+def test_transfer_table_record_names_commits_and_machines(tmp_path):
+    from mnist_lab.tools.finetune_table import record
+
+    job = tmp_path / "sweep" / "0"
+    job.mkdir(parents=True)
+    env = {"git_commit": "abc", "cpu": "AMD EPYC", "cpu_family": 25, "cpu_model_number": 17, "torch": "2.x"}
+    (job / "environment.json").write_text(json.dumps(env))
+    row = {"target": "t", "strategy": "fixmatch", "labels": 0, "seed": 0, "acc": 0.9, "seconds": 1.0, "job": job}
+    out = record([row], [tmp_path / "sweep"], ["sweep", "--zero-shot"])
+    assert out["command"] == "mnist-lab finetune_table sweep --zero-shot"
+    assert out["sweeps"][str(tmp_path / "sweep")]["machines"] == ["AMD EPYC, family 25 model 17"]
+    assert out["sweeps"][str(tmp_path / "sweep")]["git_commits"] == ["abc"]
+    assert out["rows"] == [{k: v for k, v in row.items() if k != "job"}]
+    json.dumps(out)  # plain JSON

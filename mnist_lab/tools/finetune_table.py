@@ -1,4 +1,4 @@
-"""`mnist-lab finetune_table DIR... [--figure PNG] [--zero-shot]`: a transfer study's tables and figure.
+"""`mnist-lab finetune_table DIR... [--figure PNG] [--zero-shot] [--record JSON]`: a transfer study's tables and figure.
 
 One table per target dataset (the `data` choice of the jobs): one row per strategy (runs
 without finetune.checkpoint count as `scratch`), one column per labels_per_class (0: only
@@ -11,15 +11,18 @@ one line per strategy, one panel per target. Semi-supervised strategies get a su
 the supervised ones: the share of the gap between the best supervised mean and the best
 all-labels mean that they close, and the supervised strategies they trail by more than those
 strategies' seed spread. Failed or unfinished jobs are listed; the exit status is 1 when
-there are any.
+there are any. `--record` writes the rows behind the tables, with the commits and machines
+of each sweep's jobs, as JSON.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 from collections import defaultdict
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +31,7 @@ from omegaconf import OmegaConf
 
 from mnist_lab import sweepdir
 from mnist_lab.errors import user_errors
+from mnist_lab.files import write_json
 from mnist_lab.semisupervised import FixMatch
 from mnist_lab.weights import load_file
 
@@ -222,11 +226,46 @@ def figure(jobs: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
+def record(rows: list[dict], sweep_dirs: list[Path], argv: list[str]) -> dict[str, Any]:
+    """The tables' data: every row, and per sweep the commits and machines its jobs ran on (environment.json)."""
+    sweeps = {}
+    for sweep in sweep_dirs:
+        envs = [json.loads(e.read_text()) for e in sorted(sweep.glob("*/environment.json"))]
+        sweeps[str(sweep)] = {
+            "git_commits": sorted({str(e.get("git_commit")) for e in envs}),
+            "machines": sorted(
+                {f"{e.get('cpu')}, family {e.get('cpu_family')} model {e.get('cpu_model_number')}" for e in envs}
+            ),
+            "torch": sorted({str(e.get("torch")) for e in envs}),
+            "started": _started(sweep),
+        }
+    keep = ("target", "strategy", "labels", "seed", "acc", "seconds")
+    return {
+        "command": "mnist-lab finetune_table " + " ".join(argv),
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "sweeps": sweeps,
+        "rows": [{k: r.get(k) for k in keep} for r in rows],
+    }
+
+
+def _started(sweep: Path) -> str | None:
+    """When the sweep's first job started (its multirun.yaml's time), as an ISO date."""
+    found = sweep / "multirun.yaml"
+    return (
+        datetime.fromtimestamp(found.stat().st_mtime, timezone.utc).isoformat(timespec="seconds")
+        if found.is_file()
+        else None
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="mnist-lab finetune_table", description=__doc__.splitlines()[0])
     parser.add_argument("sweep_dirs", nargs="+", type=Path, help="multirun directories of the study")
     parser.add_argument("--figure", type=Path, default=None, help="also write the figure here (PNG)")
     parser.add_argument("--zero-shot", action="store_true", help="add the starting weights' own accuracy")
+    parser.add_argument(
+        "--record", type=Path, default=None, help="also write every row, the commits and machines (JSON)"
+    )
     args = parser.parse_args(argv)
     with user_errors():  # a checkpoint that cannot be read: one paragraph
         jobs, problems = read_jobs(args.sweep_dirs)
@@ -242,6 +281,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.figure is not None:
         figure(rows, args.figure)
         print(f"\nfigure: {args.figure}")
+    if args.record is not None:
+        write_json(args.record, record(rows, args.sweep_dirs, argv if argv is not None else sys.argv[1:]))
+        print(f"record: {args.record}")
     for p in problems:
         print(f"not finished: {p}")
     return 1 if problems else 0
