@@ -97,7 +97,9 @@ class SemiSupervisedClassifier(Classifier):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.pseudo_share, self.pseudo_acc = MeanMetric(), MeanMetric()
+        # Epoch means: short fine-tuning runs end before trainer.log_every_n_steps (200) would
+        # write a per-step value.
+        self.unlabelled_loss, self.pseudo_share, self.pseudo_acc = MeanMetric(), MeanMetric(), MeanMetric()
         # A buffer: saved in checkpoints, so a resumed run aligns as an uninterrupted one. Starts
         # uniform (no correction) until the first unlabelled batch.
         num_classes = int(kwargs.get("num_classes", 10))  # Classifier's default
@@ -118,10 +120,11 @@ class SemiSupervisedClassifier(Classifier):
         # Mean over all unlabelled images, taken or not (FixMatch's eq. 4): the loss grows as more
         # pseudo-labels pass the threshold.
         unlabelled_loss = (F.cross_entropy(self(u["strong"]), pseudo, reduction="none") * taken).mean()
+        self.unlabelled_loss.update(unlabelled_loss.detach())
         self.pseudo_share.update(taken.mean())
         if taken.sum() > 0:
             self.pseudo_acc.update((pseudo == u["hidden"]).float(), weight=taken)  # hidden labels: log only
-        self.log("train/unlabelled_loss", unlabelled_loss.detach(), on_step=True, on_epoch=False)
+        self.log("train/unlabelled_loss", self.unlabelled_loss, on_step=False, on_epoch=True)
         self.log("train/pseudo_label_share", self.pseudo_share, on_step=False, on_epoch=True)
         self.log("train/pseudo_label_acc", self.pseudo_acc, on_step=False, on_epoch=True)
         weighted = fm.weight * unlabelled_loss
