@@ -2,17 +2,18 @@
 
 FixMatch (Sohn et al. 2020, "FixMatch: Simplifying Semi-Supervised Learning with Consistency
 and Confidence"): each unlabelled image is seen twice, under a weak augmentation (small shifts
-and rotations) and a strong one (affine + elastic + cutout). Where the network's prediction on
+and rotations) and a strong one (zoom and an elastic bend as well). Where the network's prediction on
 the weak view is confident (max softmax >= threshold), that prediction is the pseudo-label of
 the strong view, trained with cross-entropy at `weight` beside the labelled loss; `ratio`
 unlabelled images per labelled one in each step. Chosen over domain-adversarial methods
 (DANN, CDAN) because it needs no extra network or loss schedule: a pretrained classifier that
 is already right on most target images (zero-shot 84-98% here) supplies its own labels, and
-the confidence threshold keeps its mistakes out of the loss.
+the confidence threshold keeps its mistakes out of the loss. Distribution alignment (Berthelot
+et al. 2020, ReMixMatch) keeps the pseudo-labels from favouring the classes it is surest of.
 
-The strategy is a `FineTune` with three more keys, so groups, freezing, learning rates,
-schedules and resume state work as for every supervised strategy (conf/finetune/fixmatch*.yaml
-extend those). Batch-norm statistics adapt to the target by themselves where the model has
+The strategy is a `FineTune` with a few more keys, so groups, freezing, learning rates,
+schedules and resume state work as for every supervised strategy (conf/finetune/fixmatch.yaml
+extends discriminative_lr). Batch-norm statistics adapt to the target by themselves where the model has
 batch norm in trained groups: the unlabelled batches run through the network in training mode.
 """
 
