@@ -31,7 +31,7 @@ HEADLINE = [
     ("compare_article_amd-epyc-family-25-model-17", "`experiment=seed_baseline`"),
     ("speedrun_amd-epyc-family-25-model-17", "`experiment=speedrun_bf16`"),
     ("best_accuracy_amd-epyc-family-26-model-2", "`experiment=best_accuracy`"),
-    ("parity-step_amd-epyc-family-26-model-2", "`train(cfg)` against a plain PyTorch loop, per step, cnn 32-true"),
+    ("parity-step_amd-epyc-family-25-model-17", "`train(cfg)` against a plain PyTorch loop, per step, cnn 32-true"),
 ]
 
 
