@@ -33,6 +33,7 @@ TRAINS_AT_START = {
     "linear_probe": {"head"},
     "gradual_unfreeze": {"head"},
     "unfreeze_on_plateau": {"fc1", "head"},
+    "fixmatch": set(GROUPS),  # discriminative_lr's groups, with the unlabelled loss beside
 }
 
 
